@@ -1,0 +1,240 @@
+package service
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/mattn/go-shellwords"
+)
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	maxLimit = 1_000_000
+)
+
+func (s *Service) validate(opts Options, errs *ErrorList) {
+	if s.Metadata.Name == "" {
+		errs.add("metadata.name", "required")
+	}
+	if len(s.Containers) == 0 {
+		errs.add("containers", "at least one container is required")
+	}
+	names := map[string]int{}
+	for i := range s.Containers {
+		c := &s.Containers[i]
+		p := "containers[" + strconv.Itoa(i) + "]"
+		if c.Name == "" && s.Metadata.Name != "" {
+			c.Name = s.Metadata.Name + "-" + strconv.Itoa(i)
+		}
+		c.validate(p, opts, errs)
+		if c.Name == "" {
+			continue
+		}
+		if j, dup := names[c.Name]; dup {
+			errs.add(p+".name", "duplicate container name %q (also containers[%d])", c.Name, j)
+		} else {
+			names[c.Name] = i
+		}
+	}
+}
+
+// Validate checks one container entry on its own, as it appears under path; it fills in
+// the defaults that do not depend on the service (restart policy, Args). It is the check
+// applied to every container of a service.json file.
+func (c *Container) Validate(path string, opts Options) error {
+	var errs ErrorList
+	c.validate(path, opts, &errs)
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func (c *Container) validate(p string, opts Options, errs *ErrorList) {
+	if c.Name != "" && !nameRE.MatchString(c.Name) {
+		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-'; at most 128)", c.Name)
+	}
+	for i, e := range c.Env {
+		if !envRE.MatchString(e.Name) {
+			errs.add(fmt.Sprintf("%s.env[%d].name", p, i), "%q is not a valid environment variable name", e.Name)
+		}
+	}
+	if c.Command != "" {
+		sp := shellwords.NewParser()
+		args, err := sp.Parse(c.Command)
+		switch {
+		case err != nil:
+			errs.add(p+".command", "cannot split into words: %v", err)
+		case sp.Position >= 0:
+			errs.add(p+".command", "shell operator at offset %d: the command is not run through a shell; write \"sh -c '...'\" to use one", sp.Position)
+		case len(args) == 0:
+			errs.add(p+".command", "holds no words")
+		default:
+			c.Args = args
+		}
+	}
+	if c.Port != 0 {
+		validatePort(p+".port", c.Port, opts, errs)
+	}
+	switch c.RestartPolicy {
+	case "":
+		c.RestartPolicy = RestartAlways
+	case RestartAlways, RestartOnFailure, RestartNever:
+	default:
+		errs.add(p+".restart_policy", "%q is not one of Always, OnFailure, Never", c.RestartPolicy)
+	}
+	for _, t := range ProbeTypes {
+		if ch := c.Check(t); ch != nil {
+			ch.validate(p+"."+t.Field(), t, c.Port, opts, errs)
+		}
+	}
+}
+
+func validatePort(p string, port int, opts Options, errs *ErrorList) {
+	if port < 1 || port > 65535 {
+		errs.add(p, "%d is outside 1-65535", port)
+		return
+	}
+	if slices.Contains(opts.reserved(), port) {
+		errs.add(p, "%d is reserved (reserved ports: %s)", port, joinInts(opts.reserved()))
+	}
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+// validate checks one check; a method without a port takes the container's port.
+func (c *Check) validate(p string, t ProbeType, containerPort int, opts Options, errs *ErrorList) {
+	var methods []string
+	if c.HTTPGet != nil {
+		methods = append(methods, MethodHTTPGet)
+	}
+	if c.TCPSocket != nil {
+		methods = append(methods, MethodTCPSocket)
+	}
+	if c.Exec != nil {
+		methods = append(methods, MethodExec)
+	}
+	if c.GRPC != nil {
+		methods = append(methods, MethodGRPC)
+	}
+	switch len(methods) {
+	case 0:
+		errs.add(p, "exactly one of http_get, tcp_socket, exec, grpc is required, got none")
+	case 1:
+	default:
+		errs.add(p, "exactly one of http_get, tcp_socket, exec, grpc is required, got %s", strings.Join(methods, " and "))
+	}
+	port := func(mp string, v *int) {
+		if *v == 0 {
+			if containerPort == 0 {
+				errs.add(mp, "required (the container has no port to default to)")
+				return
+			}
+			*v = containerPort
+		}
+		validatePort(mp, *v, opts, errs)
+	}
+	if h := c.HTTPGet; h != nil {
+		mp := p + ".http_get"
+		port(mp+".port", &h.Port)
+		if h.Path == "" {
+			h.Path = "/"
+		} else if !strings.HasPrefix(h.Path, "/") {
+			errs.add(mp+".path", "%q must start with '/'", h.Path)
+		}
+		switch strings.ToUpper(h.Scheme) {
+		case "":
+			h.Scheme = "HTTP"
+		case "HTTP", "HTTPS":
+			h.Scheme = strings.ToUpper(h.Scheme)
+		default:
+			errs.add(mp+".scheme", "%q is not HTTP or HTTPS", h.Scheme)
+		}
+		validateHost(mp+".host", h.Host, errs)
+		for i, hd := range h.HTTPHeaders {
+			if !validHeaderName(hd.Name) {
+				errs.add(fmt.Sprintf("%s.http_headers[%d].name", mp, i), "%q is not a valid HTTP header name", hd.Name)
+			}
+			if strings.ContainsAny(hd.Value, "\r\n\x00") {
+				errs.add(fmt.Sprintf("%s.http_headers[%d].value", mp, i), "must not contain CR, LF or NUL")
+			}
+		}
+	}
+	if s := c.TCPSocket; s != nil {
+		port(p+".tcp_socket.port", &s.Port)
+		validateHost(p+".tcp_socket.host", s.Host, errs)
+	}
+	if g := c.GRPC; g != nil {
+		port(p+".grpc.port", &g.Port)
+		validateHost(p+".grpc.host", g.Host, errs)
+	}
+	if e := c.Exec; e != nil {
+		if len(e.Command) == 0 || e.Command[0] == "" {
+			errs.add(p+".exec.command", "must name a command")
+		}
+	}
+	if c.InitialDelaySeconds < 0 {
+		errs.add(p+".initial_delay_seconds", "must not be negative")
+	} else if c.InitialDelaySeconds > 0 && c.InitialDelaySeconds.D() < MinDuration {
+		errs.add(p+".initial_delay_seconds", "must be 0 or at least 0.01 (10 ms)")
+	}
+	positiveDuration := func(field string, v Seconds) {
+		if v <= 0 {
+			errs.add(p+"."+field, "must be positive")
+		} else if v.D() < MinDuration {
+			errs.add(p+"."+field, "must be at least 0.01 (10 ms)")
+		}
+	}
+	positiveDuration("period_seconds", c.PeriodSeconds)
+	positiveDuration("timeout_seconds", c.TimeoutSeconds)
+	threshold := func(field string, v int) {
+		if v < 1 {
+			errs.add(p+"."+field, "must be at least 1")
+		} else if v > maxLimit {
+			errs.add(p+"."+field, "must be at most %d", maxLimit)
+		}
+	}
+	threshold("success_threshold", c.SuccessThreshold)
+	threshold("failure_threshold", c.FailureThreshold)
+	if t != Readiness && c.SuccessThreshold > 1 {
+		errs.add(p+".success_threshold", "must be 1 for %s checks", t)
+	}
+	if g := c.TerminationGracePeriodSeconds; g != nil {
+		switch {
+		case t == Readiness:
+			errs.add(p+".termination_grace_period_seconds", "not allowed on readiness checks (a readiness failure stops nothing)")
+		case *g <= 0:
+			errs.add(p+".termination_grace_period_seconds", "must be positive")
+		}
+	}
+}
+
+func validateHost(p, host string, errs *ErrorList) {
+	if host != "" && strings.ContainsAny(host, "/?#@ \t\r\n") {
+		errs.add(p, "%q must be a host name or IP address only", host)
+	}
+}
+
+// validHeaderName reports whether s is an RFC 9110 field name (a token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r >= 0x80 || !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' ||
+			strings.ContainsRune("!#$%&'*+-.^_`|~", r)) {
+			return false
+		}
+	}
+	return true
+}
