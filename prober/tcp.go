@@ -1,0 +1,48 @@
+package prober
+
+import (
+	"context"
+	"net"
+	"strconv"
+
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// TCP succeeds when a TCP connection to the check's port is established.
+func TCP(ctx context.Context, t Target, c *service.Check) Result {
+	s := c.TCPSocket
+	addr := net.JoinHostPort(hostOr(s.Host, t), strconv.Itoa(s.Port))
+	conn, err := dial(ctx, t, "tcp", addr)
+	if err != nil {
+		return dialFailure(ctx, err)
+	}
+	conn.Close()
+	return Result{Outcome: Success, Output: "connected to " + addr}
+}
+
+func hostOr(host string, t Target) string {
+	if host != "" {
+		return host
+	}
+	return t.Host()
+}
+
+// dial connects through the target and sets SO_LINGER to one second, as the kubelet's
+// probe dialer does, so that probe sockets do not pile up in TIME_WAIT.
+func dial(ctx context.Context, t Target, network, addr string) (net.Conn, error) {
+	conn, err := t.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(1)
+	}
+	return conn, nil
+}
+
+func dialFailure(ctx context.Context, err error) Result {
+	if IsUnavailable(err) {
+		return Result{Outcome: Unknown, Output: err.Error()}
+	}
+	return Result{Outcome: Failure, Output: errText(ctx, err)}
+}
