@@ -1,0 +1,183 @@
+// Package wheel is a hierarchical timer wheel and a driver that sleeps until its next
+// non-empty slot.
+//
+// Design. Time is counted in ticks (the driver uses 1 ms). The wheel has 8 levels of 64
+// slots; a slot at level l spans 64^l ticks, so level 0 holds the next 64 ms slot by
+// slot, level 1 the next 4 s in 64 ms slots, level 2 the next 4.4 min in 4 s slots and
+// so on: 8 levels reach 2^48 ticks (about 8,900 years at 1 ms). A timer is filed at the
+// level of the highest 6-bit digit in which its expiry differs from the wheel's current
+// time, in the slot named by that digit. When time reaches a slot above level 0, its
+// timers cascade: each is refiled at a lower level by the same rule, so every timer
+// ends in a level-0 slot of width one tick before it fires (Varghese & Lauck scheme 6;
+// Kafka's purgatory), and cascades at most once per level.
+//
+// Error bound: a timer fires at the first Advance whose time is at or past its expiry
+// tick, never before. The driver rounds expiries up to the next tick, so a timer fires
+// at most one tick (plus the driver's wake-up latency) late and never early.
+//
+// Cost per operation: Add and Cancel are O(1) (a leading-zero count, a list link and a
+// bitmap bit); each expired timer is touched at most once per level while cascading;
+// NextExpiry is O(levels) bitmap scans and never walks empty slots, which is what lets
+// the driver sleep until the next non-empty slot instead of ticking. Timers are
+// intrusive list nodes owned by the caller, so steady-state operation allocates nothing.
+//
+// A Wheel is not safe for concurrent use; the Driver adds the locking.
+package wheel
+
+import "math/bits"
+
+const (
+	levelBits = 6
+	slots     = 1 << levelBits
+	levels    = 8
+	// MaxTicks is the farthest ahead a timer can be set; later expiries are clamped.
+	MaxTicks = 1<<(levelBits*levels) - 1
+)
+
+// Timer is one entry in the wheel. Its owner keeps it (usually embedded in a larger
+// struct) and may reuse it after it fires or is cancelled.
+type Timer struct {
+	// Value is free for the owner, typically a pointer back to the owning struct.
+	Value any
+
+	when       int64
+	next, prev *Timer
+	level      uint8
+	slot       uint8
+	active     bool
+}
+
+// When returns the tick the timer was set to expire at.
+func (t *Timer) When() int64 { return t.when }
+
+// Active reports whether the timer is pending in a wheel.
+func (t *Timer) Active() bool { return t.active }
+
+// Wheel is the timer wheel. The zero value is a wheel at tick 0.
+type Wheel struct {
+	now      int64
+	slots    [levels][slots]*Timer
+	occupied [levels]uint64
+	count    int
+}
+
+// New returns a wheel whose current time is now.
+func New(now int64) *Wheel { return &Wheel{now: now} }
+
+// Now returns the wheel's current tick.
+func (w *Wheel) Now() int64 { return w.now }
+
+// Len returns the number of pending timers.
+func (w *Wheel) Len() int { return w.count }
+
+// Add sets t to expire at tick when, moving it if it is already pending. A time at or
+// before Now expires at the next Advance.
+func (w *Wheel) Add(t *Timer, when int64) {
+	if t.active {
+		w.unlink(t)
+	} else {
+		w.count++
+	}
+	t.when = when
+	w.file(t)
+}
+
+// Cancel removes t from the wheel and reports whether it was pending.
+func (w *Wheel) Cancel(t *Timer) bool {
+	if !t.active {
+		return false
+	}
+	w.unlink(t)
+	w.count--
+	return true
+}
+
+// file puts a timer in the slot its expiry calls for, relative to w.now.
+func (w *Wheel) file(t *Timer) {
+	at := min(max(t.when, w.now), w.now+MaxTicks)
+	level := 0
+	if x := uint64(at ^ w.now); x != 0 {
+		level = (bits.Len64(x) - 1) / levelBits
+	}
+	slot := uint8(at>>(levelBits*level)) & (slots - 1)
+	head := &w.slots[level][slot]
+	t.prev, t.next = nil, *head
+	if *head != nil {
+		(*head).prev = t
+	}
+	*head = t
+	t.level, t.slot, t.active = uint8(level), slot, true
+	w.occupied[level] |= 1 << slot
+}
+
+func (w *Wheel) unlink(t *Timer) {
+	if t.prev != nil {
+		t.prev.next = t.next
+	} else {
+		head := &w.slots[t.level][t.slot]
+		*head = t.next
+		if t.next == nil {
+			w.occupied[t.level] &^= 1 << t.slot
+		}
+	}
+	if t.next != nil {
+		t.next.prev = t.prev
+	}
+	t.next, t.prev, t.active = nil, nil, false
+}
+
+// next returns the start of the earliest non-empty slot and where it is. Slots of a
+// level all lie after the current slot of that level (level 0: at or after), and any
+// timer at a lower level expires before any timer at a higher one, so the lowest
+// non-empty level holds the answer.
+func (w *Wheel) next() (at int64, level int, slot uint8, ok bool) {
+	for l := range levels {
+		occ := w.occupied[l]
+		if occ == 0 {
+			continue
+		}
+		shift := uint(levelBits * l)
+		cur := uint(w.now>>shift) & (slots - 1)
+		occ &= ^uint64(0) << cur
+		s := uint8(bits.TrailingZeros64(occ))
+		span := int64(1) << (shift + levelBits)
+		return w.now&^(span-1) | int64(s)<<shift, l, s, true
+	}
+	return 0, 0, 0, false
+}
+
+// NextExpiry returns the tick at which Advance next has work: a level-0 slot whose
+// timers fire, or a higher slot whose timers cascade. ok is false when nothing is
+// pending.
+func (w *Wheel) NextExpiry() (tick int64, ok bool) {
+	at, _, _, ok := w.next()
+	return at, ok
+}
+
+// Advance moves the wheel's time to now and calls fire for every timer that expires at
+// or before it, in expiry order (timers of the same tick in no particular order). fire
+// may Add or Cancel timers, but a timer it re-adds must expire after now or it fires
+// again in this call.
+func (w *Wheel) Advance(now int64, fire func(*Timer)) {
+	for {
+		at, level, slot, ok := w.next()
+		if !ok || at > now {
+			break
+		}
+		w.now = at
+		// Pop from the slot itself rather than a detached list, so that fire may cancel
+		// any timer, including ones still waiting in this slot.
+		for t := w.slots[level][slot]; t != nil; t = w.slots[level][slot] {
+			w.unlink(t)
+			if level == 0 {
+				w.count--
+				fire(t)
+			} else {
+				w.file(t)
+			}
+		}
+	}
+	if now > w.now {
+		w.now = now
+	}
+}
