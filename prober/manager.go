@@ -1,0 +1,449 @@
+package prober
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/probe-agent/probe-agent/prober/wheel"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// Labels identify a container in metrics; Namespace and Pod are empty outside Kubernetes.
+type Labels struct {
+	Namespace, Pod, Container string
+}
+
+// Recorder receives every probe result and the scheduler's lateness; the metrics
+// package provides one.
+type Recorder interface {
+	ObserveProbe(l Labels, t service.ProbeType, method string, o Outcome, d time.Duration)
+	ObserveLateness(d time.Duration)
+}
+
+// Instance is one run of a container as the Manager probes it. A new Instance (a
+// restart) resets every probe, as a new container ID does in the kubelet.
+type Instance struct {
+	// ID is the container's stable name; Instance names this run of it.
+	ID, Instance string
+	Labels       Labels
+	Target       Target
+	// Checks holds the check of each probe type, or nil.
+	Checks    [3]*service.Check
+	StartedAt time.Time
+	// Adopted says the agent found the container already running: first probes are
+	// spread uniformly over one period instead of all firing at once.
+	Adopted bool
+}
+
+// Transition is a change of a probe's published value.
+type Transition struct {
+	ID, Instance string
+	Labels       Labels
+	Type         service.ProbeType
+	Method       string
+	From, To     Value
+	// Consecutive is how many results in a row led to the change; Threshold is what
+	// it had to reach.
+	Consecutive, Threshold int
+	Result                 Result
+	At                     time.Time
+}
+
+// HistoryEntry is one probe result kept for the status API.
+type HistoryEntry struct {
+	Time    time.Time `json:"time"`
+	Result  string    `json:"result"`
+	Output  string    `json:"output,omitempty"`
+	Latency float64   `json:"duration_seconds"`
+}
+
+// ProbeStatus is a probe's state for the status API.
+type ProbeStatus struct {
+	Method               string         `json:"method"`
+	Result               string         `json:"result"`
+	ConsecutiveSuccesses int            `json:"consecutive_successes"`
+	ConsecutiveFailures  int            `json:"consecutive_failures"`
+	LastOutput           string         `json:"last_output"`
+	LastProbeTime        *time.Time     `json:"last_probe_time"`
+	History              []HistoryEntry `json:"history"`
+}
+
+// Status is the probe state of one container instance.
+type Status struct {
+	Instance string
+	// Started is true once the startup probe succeeded, or at once without one.
+	Started bool
+	// Values holds each probe type's published value; Has says which types exist.
+	Values [3]Value
+	Has    [3]bool
+	Probes [3]*ProbeStatus
+}
+
+// Options configure a Manager.
+type Options struct {
+	// Workers bounds how many probes run at once (default 64).
+	Workers int
+	// MaxConcurrentExec bounds exec probes running at once (default 8).
+	MaxConcurrentExec int
+	// Resolution is the timer wheel's tick (default 1 ms).
+	Resolution time.Duration
+	// History is how many results each probe keeps for the status API (default 10).
+	History  int
+	Clock    clockwork.Clock
+	Logger   *zap.Logger
+	Recorder Recorder
+}
+
+// maxRetries is how often a probe that could not run is tried before its result is
+// discarded, as in the kubelet.
+const maxRetries = 3
+
+// Manager schedules every registered probe on one timer wheel and runs due probes on a
+// bounded pool of workers: no goroutine per probe, and a probe never overlaps itself.
+// Transitions come out in the order they happened through Notify and Drain.
+type Manager struct {
+	opts   Options
+	driver *wheel.Driver
+	execs  *semaphore.Weighted
+
+	mu          sync.Mutex
+	groups      map[string]*group
+	queue       []*probe
+	queueCond   *sync.Cond
+	closed      bool
+	transitions []Transition
+	notify      chan struct{}
+}
+
+type group struct {
+	inst    Instance
+	probes  [3]*probe
+	started bool
+}
+
+type probe struct {
+	timer   wheel.Timer
+	g       *group
+	typ     service.ProbeType
+	check   *service.Check
+	method  string
+	state   State
+	stopped bool // unregistered or paused: results are discarded, no re-arm
+	queued  bool
+	due     time.Time
+
+	last    *HistoryEntry
+	history []HistoryEntry // ring
+	next    int
+}
+
+// NewManager returns a Manager; call Run to start it.
+func NewManager(opts Options) *Manager {
+	if opts.Workers <= 0 {
+		opts.Workers = 64
+	}
+	if opts.MaxConcurrentExec <= 0 {
+		opts.MaxConcurrentExec = 8
+	}
+	if opts.Resolution <= 0 {
+		opts.Resolution = time.Millisecond
+	}
+	if opts.History <= 0 {
+		opts.History = 10
+	}
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	m := &Manager{
+		opts:   opts,
+		execs:  semaphore.NewWeighted(int64(opts.MaxConcurrentExec)),
+		groups: map[string]*group{},
+		notify: make(chan struct{}, 1),
+	}
+	m.queueCond = sync.NewCond(&m.mu)
+	m.driver = wheel.NewDriver(opts.Clock, opts.Resolution, m.fire)
+	return m
+}
+
+// Run drives the wheel and the workers until ctx ends, then waits for running probes.
+func (m *Manager) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		m.driver.Run(ctx)
+		m.mu.Lock()
+		m.closed = true
+		m.queueCond.Broadcast()
+		m.mu.Unlock()
+		return nil
+	})
+	for range m.opts.Workers {
+		g.Go(func() error {
+			m.work(ctx)
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// Scheduled returns the number of probes waiting on the wheel.
+func (m *Manager) Scheduled() int { return m.driver.Len() }
+
+// Register starts probing a container instance, replacing any earlier instance with the
+// same ID. With a startup check only startup runs until it succeeds; each probe first
+// runs at StartedAt plus its initial delay.
+func (m *Manager) Register(inst Instance) {
+	now := m.opts.Clock.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old := m.groups[inst.ID]; old != nil {
+		m.stopGroup(old)
+	}
+	g := &group{inst: inst, started: inst.Checks[service.Startup] == nil}
+	for _, t := range service.ProbeTypes {
+		c := inst.Checks[t]
+		if c == nil {
+			continue
+		}
+		p := &probe{g: g, typ: t, check: c, method: c.Method(),
+			state: NewState(t, c.SuccessThreshold, c.FailureThreshold)}
+		p.timer.Value = p
+		g.probes[t] = p
+	}
+	m.groups[inst.ID] = g
+	if g.started {
+		m.schedule(g.probes[service.Liveness], now)
+		m.schedule(g.probes[service.Readiness], now)
+	} else {
+		m.schedule(g.probes[service.Startup], now)
+	}
+}
+
+// schedule arms p for its first run: at the container's start plus the initial delay,
+// and no earlier than now (plus jitter within one period for adopted containers).
+func (m *Manager) schedule(p *probe, now time.Time) {
+	if p == nil {
+		return
+	}
+	at := p.g.inst.StartedAt.Add(p.check.InitialDelaySeconds.D())
+	earliest := now
+	if p.g.inst.Adopted {
+		earliest = now.Add(time.Duration(rand.Int64N(int64(p.check.PeriodSeconds.D()))))
+	}
+	if at.Before(earliest) {
+		at = earliest
+	}
+	m.driver.Add(&p.timer, at)
+}
+
+// Unregister stops every probe of a container; results of probes still running are
+// discarded.
+func (m *Manager) Unregister(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g := m.groups[id]; g != nil {
+		m.stopGroup(g)
+		delete(m.groups, id)
+	}
+}
+
+// Pause stops the liveness and startup probes of a container that is terminating;
+// readiness keeps running.
+func (m *Manager) Pause(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g := m.groups[id]; g != nil {
+		m.stopProbe(g.probes[service.Liveness])
+		m.stopProbe(g.probes[service.Startup])
+	}
+}
+
+func (m *Manager) stopGroup(g *group) {
+	for _, p := range g.probes {
+		m.stopProbe(p)
+	}
+}
+
+func (m *Manager) stopProbe(p *probe) {
+	if p == nil {
+		return
+	}
+	p.stopped = true
+	m.driver.Cancel(&p.timer)
+}
+
+// fire is called by the driver for each due probe: it only queues the probe.
+func (m *Manager) fire(t *wheel.Timer, due time.Time) {
+	p := t.Value.(*probe)
+	if r := m.opts.Recorder; r != nil {
+		r.ObserveLateness(m.opts.Clock.Since(due))
+	}
+	m.mu.Lock()
+	if !p.stopped && !p.queued {
+		p.queued, p.due = true, due
+		m.queue = append(m.queue, p)
+		m.queueCond.Signal()
+	}
+	m.mu.Unlock()
+}
+
+func (m *Manager) work(ctx context.Context) {
+	for {
+		m.mu.Lock()
+		for len(m.queue) == 0 && !m.closed {
+			m.queueCond.Wait()
+		}
+		if m.closed {
+			m.mu.Unlock()
+			return
+		}
+		p := m.queue[0]
+		m.queue[0] = nil
+		m.queue = m.queue[1:]
+		p.queued = false
+		stopped := p.stopped
+		m.mu.Unlock()
+		if !stopped {
+			m.runProbe(ctx, p)
+		}
+	}
+}
+
+// runProbe runs p (retrying a probe that could not run), then updates its state and
+// re-arms it, all under the lock so that a concurrent Unregister wins cleanly.
+func (m *Manager) runProbe(ctx context.Context, p *probe) {
+	inst := &p.g.inst
+	var r Result
+	var took time.Duration
+	for range maxRetries {
+		if p.method == service.MethodExec {
+			if err := m.execs.Acquire(ctx, 1); err != nil {
+				return
+			}
+		}
+		start := m.opts.Clock.Now()
+		r = Run(ctx, inst.Target, p.check)
+		took = m.opts.Clock.Since(start)
+		if p.method == service.MethodExec {
+			m.execs.Release(1)
+		}
+		if r.Outcome != Unknown || ctx.Err() != nil {
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	now := m.opts.Clock.Now()
+	if rec := m.opts.Recorder; rec != nil {
+		rec.ObserveProbe(inst.Labels, p.typ, p.method, r.Outcome, took)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.record(HistoryEntry{Time: now, Result: r.Outcome.String(), Output: r.Output, Latency: took.Seconds()}, m.opts.History)
+	if r.Outcome == Unknown {
+		m.opts.Logger.Warn("probe error",
+			zap.String("container", inst.ID), zap.String("probe", p.typ.String()),
+			zap.String("method", p.method), zap.Int("attempts", maxRetries), zap.String("error", r.Output))
+	}
+	from := p.state.Value
+	if p.state.Observe(r.Outcome) {
+		succ, fail := p.state.Consecutive()
+		m.transitions = append(m.transitions, Transition{
+			ID: inst.ID, Instance: inst.Instance, Labels: inst.Labels, Type: p.typ, Method: p.method,
+			From: from, To: p.state.Value, Consecutive: max(succ, fail), Threshold: p.state.Threshold(p.state.Value),
+			Result: r, At: now,
+		})
+		select {
+		case m.notify <- struct{}{}:
+		default:
+		}
+	}
+	if p.typ == service.Startup && p.state.Value == ValueSuccess && !p.g.started {
+		p.g.started = true
+		m.schedule(p.g.probes[service.Liveness], now)
+		m.schedule(p.g.probes[service.Readiness], now)
+	}
+	if p.state.OnHold {
+		return
+	}
+	// Next run one period after the last due time; periods missed by a slow probe are
+	// skipped, as a ticker drops ticks.
+	period := p.check.PeriodSeconds.D()
+	next := p.due.Add(period)
+	if !next.After(now) {
+		next = next.Add((now.Sub(next)/period + 1) * period)
+	}
+	m.driver.Add(&p.timer, next)
+}
+
+func (p *probe) record(e HistoryEntry, n int) {
+	if len(e.Output) > 256 {
+		e.Output = e.Output[:256] + "..."
+	}
+	if len(p.history) < n {
+		p.history = append(p.history, e)
+		p.last = &p.history[len(p.history)-1]
+		return
+	}
+	p.history[p.next] = e
+	p.last = &p.history[p.next]
+	p.next = (p.next + 1) % n
+}
+
+// Notify is signalled when transitions are waiting to be drained.
+func (m *Manager) Notify() <-chan struct{} { return m.notify }
+
+// Drain appends the waiting transitions to buf, oldest first, and returns it.
+func (m *Manager) Drain(buf []Transition) []Transition {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	buf = append(buf, m.transitions...)
+	clear(m.transitions)
+	m.transitions = m.transitions[:0]
+	return buf
+}
+
+// Status returns the probe state of a registered container.
+func (m *Manager) Status(id string) (Status, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.groups[id]
+	if g == nil {
+		return Status{}, false
+	}
+	st := Status{Instance: g.inst.Instance, Started: g.started}
+	for t, p := range g.probes {
+		if p == nil {
+			continue
+		}
+		st.Has[t] = true
+		st.Values[t] = p.state.Value
+		succ, fail := p.state.Consecutive()
+		ps := &ProbeStatus{Method: p.method, Result: p.state.Value.String(),
+			ConsecutiveSuccesses: succ, ConsecutiveFailures: fail, History: []HistoryEntry{}}
+		if p.last != nil {
+			ps.LastOutput = p.last.Output
+			tm := p.last.Time
+			ps.LastProbeTime = &tm
+		}
+		// Oldest first.
+		ps.History = append(ps.History, p.history[p.next:]...)
+		ps.History = append(ps.History, p.history[:p.next]...)
+		st.Probes[t] = ps
+	}
+	return st, true
+}
