@@ -1,0 +1,280 @@
+// Package process runs local processes as containers: the agent's embedded default
+// runtime. Each container is a process group of its own with the container's
+// environment; stopping sends SIGTERM to the group and SIGKILL after the grace period.
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/probe-agent/probe-agent/runtime"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// Runtime starts the containers of a service as local processes.
+type Runtime struct {
+	shutdownGrace time.Duration
+
+	mu      sync.Mutex
+	ctrs    map[string]*container
+	order   []string
+	events  chan<- runtime.Event
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+type container struct {
+	spec    *service.Container
+	env     []string
+	runs    int
+	cmd     *exec.Cmd
+	pid     int
+	done    chan struct{} // closed when the current instance has exited
+	running bool
+}
+
+// Validate reports, with JSON paths, what the process runtime cannot run.
+func Validate(svc *service.Service) error {
+	var errs service.ErrorList
+	for i, c := range svc.Containers {
+		if len(c.Args) == 0 {
+			errs = append(errs, &service.FieldError{Path: fmt.Sprintf("containers[%d].command", i), Msg: "required by the process runtime"})
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// New returns a runtime for the containers of svc. shutdownGrace bounds how long
+// containers get to exit on SIGTERM when the agent shuts down.
+func New(svc *service.Service, shutdownGrace time.Duration) (*Runtime, error) {
+	if err := Validate(svc); err != nil {
+		return nil, err
+	}
+	r := &Runtime{shutdownGrace: shutdownGrace, ctrs: map[string]*container{}}
+	for i := range svc.Containers {
+		c := &svc.Containers[i]
+		r.ctrs[c.Name] = &container{spec: c, env: append(os.Environ(), c.Environ()...)}
+		r.order = append(r.order, c.Name)
+	}
+	return r, nil
+}
+
+// Run starts every container and reports their events; when ctx ends it stops them all
+// (SIGTERM, then SIGKILL after the shutdown grace) and returns once they have exited.
+func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
+	r.mu.Lock()
+	r.events = events
+	r.mu.Unlock()
+	for _, name := range r.order {
+		c := r.ctrs[name]
+		events <- runtime.Event{Type: runtime.Added, Name: name, Time: time.Now(), Container: &runtime.Container{
+			Identity: runtime.Identity{Name: name, Container: name}, Spec: c.spec, Owned: true}}
+		if err := r.Start(ctx, name); err != nil && !errors.Is(err, errStartFailed) {
+			return err
+		}
+	}
+	<-ctx.Done()
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, name := range r.order {
+		wg.Go(func() { _ = r.Stop(context.Background(), name, r.shutdownGrace) })
+	}
+	wg.Wait()
+	r.wg.Wait()
+	return nil
+}
+
+var errStartFailed = errors.New("start failed")
+
+// Start starts a new instance of a container that is not running. A command that
+// cannot start is reported as a StartFailed event.
+func (r *Runtime) Start(ctx context.Context, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.ctrs[name]
+	if !ok {
+		return fmt.Errorf("container %q: not found", name)
+	}
+	if r.stopped {
+		return fmt.Errorf("container %q: runtime is shutting down", name)
+	}
+	if c.running {
+		return fmt.Errorf("container %q: already running", name)
+	}
+	c.runs++
+	instance := name + "." + strconv.Itoa(c.runs)
+	cmd := exec.Command(c.spec.Args[0], c.spec.Args[1:]...)
+	cmd.Env = c.env
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// Own process group so that stop signals reach every process of the container; the
+	// kernel kills it if the agent dies, so nothing is left orphaned.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		r.send(runtime.Event{Type: runtime.StartFailed, Name: name, Instance: instance, Time: time.Now(),
+			Err: fmt.Errorf("container %q: start %q: %w", name, c.spec.Args[0], err)})
+		return errStartFailed
+	}
+	c.cmd, c.pid, c.running, c.done = cmd, cmd.Process.Pid, true, make(chan struct{})
+	r.send(runtime.Event{Type: runtime.Started, Name: name, Instance: instance, PID: c.pid, Time: time.Now()})
+	r.wg.Add(1)
+	go r.wait(name, instance, c, cmd, c.done)
+	return nil
+}
+
+// wait reaps one instance and reports its exit.
+func (r *Runtime) wait(name, instance string, c *container, cmd *exec.Cmd, done chan struct{}) {
+	defer r.wg.Done()
+	_ = cmd.Wait()
+	code := exitCode(cmd.ProcessState)
+	r.mu.Lock()
+	c.running = false
+	close(done)
+	r.send(runtime.Event{Type: runtime.Exited, Name: name, Instance: instance, PID: cmd.Process.Pid,
+		Time: time.Now(), ExitCode: code})
+	r.mu.Unlock()
+}
+
+// send delivers an event; it is called with r.mu held so that events of one container
+// keep their order.
+func (r *Runtime) send(ev runtime.Event) {
+	if r.events != nil {
+		r.events <- ev
+	}
+}
+
+// exitCode follows the shell's convention: 128+n for a process killed by signal n.
+func exitCode(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// Stop sends SIGTERM to the container's process group, SIGKILL after grace, and
+// returns once the container has exited.
+func (r *Runtime) Stop(ctx context.Context, name string, grace time.Duration) error {
+	r.mu.Lock()
+	c, ok := r.ctrs[name]
+	if !ok {
+		r.mu.Unlock()
+		return fmt.Errorf("container %q: not found", name)
+	}
+	if !c.running {
+		r.mu.Unlock()
+		return nil
+	}
+	pid, done := c.pid, c.done
+	r.mu.Unlock()
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	<-done
+	return ctx.Err()
+}
+
+// Connected is always true: local processes need no connection.
+func (r *Runtime) Connected() bool { return true }
+
+// Target returns how to probe a container: on the host, with its environment.
+func (r *Runtime) Target(name string) (runtime.Target, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.ctrs[name]
+	if !ok {
+		return nil, fmt.Errorf("container %q: not found", name)
+	}
+	return &Target{Env: c.env}, nil
+}
+
+// Target probes on the host: dials go to 127.0.0.1 and exec runs the command as a
+// process group of its own with the container's environment.
+type Target struct {
+	Env []string
+}
+
+// Host returns 127.0.0.1.
+func (*Target) Host() string { return "127.0.0.1" }
+
+// DialContext dials on the host.
+func (*Target) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+// drainWait bounds how long output is read after a command exits, for descendants
+// that escaped its process group and still hold the pipe.
+const drainWait = 100 * time.Millisecond
+
+// Exec runs argv without a shell. When it exits or ctx ends, every process left in its
+// group is killed, so a probe leaves nothing behind and a background child holding
+// stdout never blocks the probe.
+func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return -1, err
+	}
+	defer pr.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = t.Env
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		fmt.Fprint(out, err.Error())
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return 127, nil
+		}
+		return 126, nil
+	}
+	copied := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(out, pr)
+		close(copied)
+	}()
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	pgid := cmd.Process.Pid
+	var ctxErr error
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		ctxErr = ctx.Err()
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	<-exited
+	select {
+	case <-copied:
+	case <-time.After(drainWait):
+		pr.Close()
+		<-copied
+	}
+	if ctxErr != nil {
+		return -1, ctxErr
+	}
+	return exitCode(cmd.ProcessState), nil
+}

@@ -1,0 +1,84 @@
+package runtime
+
+import (
+	"testing"
+	"time"
+
+	"github.com/probe-agent/probe-agent/service"
+)
+
+func TestShouldRestart(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		p       service.RestartPolicy
+		code    int
+		byProbe bool
+		want    bool
+	}{
+		{service.RestartAlways, 0, false, true},
+		{service.RestartAlways, 1, false, true},
+		{service.RestartAlways, 137, true, true},
+		{service.RestartOnFailure, 0, false, false},
+		{service.RestartOnFailure, 2, false, true},
+		{service.RestartOnFailure, 0, true, true},
+		{service.RestartNever, 1, false, false},
+		{service.RestartNever, 137, true, false},
+	}
+	for _, tc := range cases {
+		if got := ShouldRestart(tc.p, tc.code, tc.byProbe); got != tc.want {
+			t.Errorf("ShouldRestart(%s, %d, %v) = %v", tc.p, tc.code, tc.byProbe, got)
+		}
+	}
+}
+
+func TestBackoffSequence(t *testing.T) {
+	t.Parallel()
+	b := Backoff{Initial: 10 * time.Second, Max: 300 * time.Second}
+	t0 := time.Unix(1_000_000, 0)
+	now := t0
+	var got []time.Duration
+	for range 8 {
+		wait := b.Next(now)
+		got = append(got, wait)
+		now = now.Add(wait + time.Second) // restarted, crashed a second later
+	}
+	want := []time.Duration{0, 10, 20, 40, 80, 160, 300, 300}
+	for i := range want {
+		if got[i] != want[i]*time.Second {
+			t.Fatalf("waits %v, want %v (seconds)", got, want)
+		}
+	}
+}
+
+func TestBackoffResetsAfterTenMinutesRunning(t *testing.T) {
+	t.Parallel()
+	b := Backoff{Initial: 10 * time.Second, Max: 300 * time.Second}
+	t0 := time.Unix(1_000_000, 0)
+	b.Next(t0)
+	if w := b.Next(t0.Add(time.Minute)); w != 10*time.Second {
+		t.Fatalf("second crash waits %v", w)
+	}
+	if w := b.Next(t0.Add(time.Minute + 9*time.Minute)); w != 20*time.Second {
+		t.Fatalf("crash after 9 minutes waits %v, want 20s (no reset yet)", w)
+	}
+	if w := b.Next(t0.Add(10*time.Minute + 10*time.Minute + time.Second)); w != 0 {
+		t.Fatalf("crash after more than 10 minutes waits %v, want an immediate restart", w)
+	}
+	if w := b.Next(t0.Add(21 * time.Minute)); w != 10*time.Second {
+		t.Fatalf("after a reset the next wait is %v, want 10s", w)
+	}
+	b.Reset()
+	if w := b.Next(t0.Add(22 * time.Minute)); w != 0 {
+		t.Fatalf("after Reset: %v", w)
+	}
+}
+
+func TestBackoffInitialAboveMax(t *testing.T) {
+	t.Parallel()
+	b := Backoff{Initial: time.Minute, Max: 30 * time.Second}
+	t0 := time.Unix(0, 0)
+	b.Next(t0)
+	if w := b.Next(t0.Add(time.Second)); w != 30*time.Second {
+		t.Fatalf("wait %v, want capped at max", w)
+	}
+}
