@@ -1,0 +1,130 @@
+// Package metrics defines every Prometheus metric the agent exports, in one place.
+// Per-container series carry namespace, pod and container labels (namespace and pod
+// are empty outside Kubernetes) and are deleted when the container goes away.
+package metrics
+
+import (
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const namespace = "probe_agent"
+
+// Metrics holds the agent's collectors and the registry they are registered in.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	probeTotal    *prometheus.CounterVec
+	probeDuration *prometheus.HistogramVec
+	ready         *prometheus.GaugeVec
+	started       *prometheus.GaugeVec
+	restarts      *prometheus.CounterVec
+	backoff       *prometheus.GaugeVec
+	lateness      prometheus.Histogram
+}
+
+var containerLabels = []string{"namespace", "pod", "container"}
+
+func withContainer(extra ...string) []string {
+	return append(append([]string(nil), containerLabels...), extra...)
+}
+
+// New registers the agent's metrics, plus the Go and process collectors, in a new
+// registry. scheduled reports how many probes wait on the scheduler.
+func New(version string, scheduled func() float64) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		probeTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "probe_total",
+			Help: "Probes run, by container, probe type, method and result (success, failure, error).",
+		}, withContainer("probe_type", "method", "result")),
+		probeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "probe_duration_seconds",
+			Help:    "Duration of probes by probe type and method, failures included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"probe_type", "method"}),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "container_ready",
+			Help: "Whether the container is ready (1) or not (0).",
+		}, containerLabels),
+		started: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "container_started",
+			Help: "Whether the container's startup check has succeeded (1) or not (0).",
+		}, containerLabels),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "container_restarts_total",
+			Help: "Restarts by reason: liveness, startup (probe failures), exited, start_failed.",
+		}, withContainer("reason")),
+		backoff: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "container_backoff_seconds",
+			Help: "Current restart back-off of the container; 0 when none applies.",
+		}, containerLabels),
+		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "scheduler_lateness_seconds",
+			Help:    "How late probes fire after their due time.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 15),
+		}),
+	}
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "Build information of the agent; always 1.",
+	}, []string{"version", "goversion"})
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+	m.Registry.MustRegister(m.probeTotal, m.probeDuration, m.ready, m.started, m.restarts, m.backoff, m.lateness, buildInfo,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "scheduled_probes",
+			Help: "Probes waiting on the scheduler's timer wheel.",
+		}, scheduled),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Container names a container's series.
+type Container struct{ Namespace, Pod, Name string }
+
+func (c Container) labels(extra ...string) []string {
+	return append([]string{c.Namespace, c.Pod, c.Name}, extra...)
+}
+
+// ProbeDone counts one probe result and observes its duration.
+func (m *Metrics) ProbeDone(c Container, probeType, method, result string, d time.Duration) {
+	m.probeTotal.WithLabelValues(c.labels(probeType, method, result)...).Inc()
+	m.probeDuration.WithLabelValues(probeType, method).Observe(d.Seconds())
+}
+
+// Lateness observes how late the scheduler fired a probe.
+func (m *Metrics) Lateness(d time.Duration) { m.lateness.Observe(max(d, 0).Seconds()) }
+
+// SetContainer sets a container's ready and started gauges and its back-off.
+func (m *Metrics) SetContainer(c Container, ready, started bool, backoff time.Duration) {
+	m.ready.WithLabelValues(c.labels()...).Set(b2f(ready))
+	m.started.WithLabelValues(c.labels()...).Set(b2f(started))
+	m.backoff.WithLabelValues(c.labels()...).Set(backoff.Seconds())
+}
+
+// Restarted counts a restart of the container for reason.
+func (m *Metrics) Restarted(c Container, reason string) {
+	m.restarts.WithLabelValues(c.labels(reason)...).Inc()
+}
+
+// DeleteContainer removes every series of a container that is gone.
+func (m *Metrics) DeleteContainer(c Container) {
+	l := prometheus.Labels{"namespace": c.Namespace, "pod": c.Pod, "container": c.Name}
+	m.probeTotal.DeletePartialMatch(l)
+	m.ready.DeletePartialMatch(l)
+	m.started.DeletePartialMatch(l)
+	m.restarts.DeletePartialMatch(l)
+	m.backoff.DeletePartialMatch(l)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
