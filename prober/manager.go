@@ -353,6 +353,11 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	if p.stopped {
 		return
 	}
+	if r.Outcome == Warning && (p.last == nil || p.last.Result != "warning" || p.last.Output != r.Output) {
+		m.opts.Logger.Warn("probe warning",
+			zap.String("container", inst.ID), zap.String("probe", p.typ.String()),
+			zap.String("method", p.method), zap.String("output", r.Output))
+	}
 	p.record(HistoryEntry{Time: now, Result: r.Outcome.String(), Output: r.Output, Latency: took.Seconds()}, m.opts.History)
 	if r.Outcome == Unknown {
 		m.opts.Logger.Warn("probe error",

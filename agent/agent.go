@@ -1,0 +1,471 @@
+// Package agent is the small brain that wires the runtime, the prober and the metrics:
+// runtime events register probes, probe transitions become actions (stop, restart per
+// policy with back-off), and everything is reported through logs, metrics and the
+// status API.
+package agent
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/probe-agent/probe-agent/metrics"
+	"github.com/probe-agent/probe-agent/prober"
+	"github.com/probe-agent/probe-agent/runtime"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// MinGracePeriod is the shortest time a container gets between SIGTERM and SIGKILL.
+const MinGracePeriod = 2 * time.Second
+
+// Options configure an Agent.
+type Options struct {
+	Runtime runtime.Runtime
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics
+	// Prober configures the probe manager; Logger and Recorder are filled in.
+	Prober prober.Options
+	// Backoff and BackoffMax bound the restart back-off (defaults 10 s and 300 s).
+	Backoff, BackoffMax time.Duration
+	// GracePeriod is the default time between SIGTERM and SIGKILL (default 30 s,
+	// at least MinGracePeriod); a check's termination_grace_period_seconds wins.
+	GracePeriod time.Duration
+}
+
+// Agent runs probes against a runtime's containers and acts on their results.
+type Agent struct {
+	opts Options
+	rt   runtime.Runtime
+	mgr  *prober.Manager
+	log  *zap.Logger
+	m    *metrics.Metrics
+
+	mu       sync.Mutex
+	ctrs     map[string]*containerState
+	closing  bool
+	runCtx   context.Context
+	pending  sync.WaitGroup // restarts and stops in flight
+	loopBeat atomic.Int64   // unix nanos of the last loop iteration
+	running  atomic.Bool
+}
+
+// State values of a container in the status API.
+const (
+	StateWaiting     = "waiting"
+	StateRunning     = "running"
+	StateTerminating = "terminating"
+	StateExited      = "exited"
+	StateBackoff     = "backoff"
+	StateError       = "error"
+)
+
+type containerState struct {
+	c          runtime.Container
+	state      string
+	instance   string
+	pid        int
+	restarts   int
+	lastExit   *int
+	message    string
+	backoff    runtime.Backoff
+	backoffFor time.Duration
+	stopReason string // the probe type that stopped the instance, if one did
+	timer      *time.Timer
+	// lastProbes keeps the probe state of the last instance after it stopped, so that
+	// the status API still shows why.
+	lastProbes prober.Status
+}
+
+// New returns an Agent.
+func New(opts Options) *Agent {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = runtime.DefaultBackoff
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = runtime.DefaultBackoffMax
+	}
+	if opts.GracePeriod <= 0 {
+		opts.GracePeriod = 30 * time.Second
+	}
+	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{}}
+	po := opts.Prober
+	po.Logger = opts.Logger
+	if a.m != nil {
+		po.Recorder = recorder{a.m}
+	}
+	a.mgr = prober.NewManager(po)
+	return a
+}
+
+// Manager returns the agent's probe manager.
+func (a *Agent) Manager() *prober.Manager { return a.mgr }
+
+// recorder adapts the metrics package to prober.Recorder.
+type recorder struct{ m *metrics.Metrics }
+
+func (r recorder) ObserveProbe(l prober.Labels, t service.ProbeType, method string, o prober.Outcome, d time.Duration) {
+	result := "error"
+	switch o {
+	case prober.Success, prober.Warning:
+		result = "success"
+	case prober.Failure:
+		result = "failure"
+	}
+	r.m.ProbeDone(metrics.Container{Namespace: l.Namespace, Pod: l.Pod, Name: l.Container}, t.String(), method, result, d)
+}
+
+func (r recorder) ObserveLateness(d time.Duration) { r.m.Lateness(d) }
+
+// Run runs the agent until ctx ends. On the way out it stops probing first, then lets
+// the runtime shut down (the process runtime stops its containers gracefully).
+func (a *Agent) Run(ctx context.Context) error {
+	mgrCtx, stopMgr := context.WithCancel(context.Background())
+	rtCtx, stopRt := context.WithCancel(context.Background())
+	a.mu.Lock()
+	a.runCtx = rtCtx
+	a.mu.Unlock()
+	events := make(chan runtime.Event, 256)
+	mgrDone := make(chan error, 1)
+	rtDone := make(chan error, 1)
+	go func() { mgrDone <- a.mgr.Run(mgrCtx) }()
+	go func() { rtDone <- a.rt.Run(rtCtx, events) }()
+	a.running.Store(true)
+	defer a.running.Store(false)
+
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
+	var buf []prober.Transition
+	var rtErr error
+	a.loopBeat.Store(time.Now().UnixNano())
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case ev := <-events:
+			a.handleEvent(ev)
+		case <-a.mgr.Notify():
+			buf = a.mgr.Drain(buf[:0])
+			for _, tr := range buf {
+				a.handleTransition(tr)
+			}
+		case err := <-rtDone:
+			rtErr = err
+			if rtErr == nil {
+				rtErr = errors.New("runtime stopped unexpectedly")
+			}
+			break loop
+		case <-beat.C:
+		}
+		a.loopBeat.Store(time.Now().UnixNano())
+	}
+
+	a.log.Info("shutting down")
+	a.mu.Lock()
+	a.closing = true
+	for _, cs := range a.ctrs {
+		if cs.timer != nil && cs.timer.Stop() {
+			a.pending.Done()
+		}
+	}
+	a.mu.Unlock()
+	stopMgr()
+	<-mgrDone
+	stopRt()
+	if rtErr == nil {
+		// Keep taking events until the runtime has stopped what it runs.
+		for done := false; !done; {
+			select {
+			case ev := <-events:
+				a.handleEvent(ev)
+			case rtErr = <-rtDone:
+				done = true
+			}
+		}
+	}
+	go func() {
+		for range events {
+		}
+	}()
+	a.pending.Wait()
+	return rtErr
+}
+
+func (a *Agent) fields(cs *containerState) []zap.Field {
+	f := []zap.Field{zap.String("container", cs.c.Name)}
+	if cs.c.Namespace != "" {
+		f = append(f, zap.String("namespace", cs.c.Namespace), zap.String("pod", cs.c.Pod))
+	}
+	if cs.instance != "" {
+		f = append(f, zap.String("instance", cs.instance))
+	}
+	return f
+}
+
+func (a *Agent) handleEvent(ev runtime.Event) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ev.Type == runtime.Added {
+		cs := &containerState{c: *ev.Container, state: StateWaiting,
+			backoff: runtime.Backoff{Initial: a.opts.Backoff, Max: a.opts.BackoffMax}}
+		a.ctrs[ev.Name] = cs
+		a.log.Info("container added", append(a.fields(cs), zap.Bool("owned", cs.c.Owned))...)
+		a.publish(cs)
+		return
+	}
+	cs := a.ctrs[ev.Name]
+	if cs == nil {
+		return
+	}
+	switch ev.Type {
+	case runtime.Started:
+		cs.state, cs.instance, cs.pid, cs.message, cs.stopReason = StateRunning, ev.Instance, ev.PID, "", ""
+		cs.backoffFor = 0
+		a.log.Info("container started", append(a.fields(cs), zap.Int("pid", ev.PID))...)
+		if err := a.register(cs, ev); err != nil {
+			cs.message = err.Error()
+			a.log.Error("cannot probe container", append(a.fields(cs), zap.Error(err))...)
+		}
+	case runtime.Exited:
+		if ev.Instance != cs.instance {
+			return
+		}
+		if st, ok := a.mgr.Status(ev.Name); ok {
+			cs.lastProbes = st
+		}
+		a.mgr.Unregister(ev.Name)
+		code := ev.ExitCode
+		cs.lastExit, cs.pid, cs.state = &code, 0, StateExited
+		a.log.Info("container exited", append(a.fields(cs), zap.Int("exit_code", code), zap.String("stopped_by", cs.stopReason))...)
+		reason := "exited"
+		if cs.stopReason != "" {
+			reason = cs.stopReason
+		}
+		if runtime.ShouldRestart(cs.c.Spec.RestartPolicy, code, cs.stopReason != "") && cs.c.Owned {
+			a.scheduleRestart(cs, ev.Time, reason)
+		} else if cs.c.Owned {
+			cs.message = "not restarted (restart_policy " + string(cs.c.Spec.RestartPolicy) + ")"
+		}
+	case runtime.StartFailed:
+		cs.state, cs.message, cs.pid = StateError, ev.Err.Error(), 0
+		a.log.Error("container could not start", append(a.fields(cs), zap.Error(ev.Err))...)
+		a.scheduleRestart(cs, ev.Time, "start_failed")
+	case runtime.Removed:
+		a.mgr.Unregister(ev.Name)
+		if cs.timer != nil && cs.timer.Stop() {
+			a.pending.Done()
+		}
+		delete(a.ctrs, ev.Name)
+		a.log.Info("container removed", a.fields(cs)...)
+		if a.m != nil {
+			a.m.DeleteContainer(metricsName(cs))
+		}
+		return
+	}
+	a.publish(cs)
+}
+
+// register hands a new instance's checks to the probe manager.
+func (a *Agent) register(cs *containerState, ev runtime.Event) error {
+	tg, err := a.rt.Target(cs.c.Name)
+	if err != nil {
+		return err
+	}
+	inst := prober.Instance{
+		ID: cs.c.Name, Instance: ev.Instance, Target: tg, StartedAt: ev.Time, Adopted: ev.Adopted,
+		Labels: prober.Labels{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Container: cs.c.Container},
+	}
+	for _, t := range service.ProbeTypes {
+		inst.Checks[t] = cs.c.Spec.Check(t)
+	}
+	a.mgr.Register(inst)
+	return nil
+}
+
+// scheduleRestart restarts the container after its back-off; the first restart after
+// a calm period is immediate.
+func (a *Agent) scheduleRestart(cs *containerState, finishedAt time.Time, reason string) {
+	if a.closing {
+		return
+	}
+	wait := cs.backoff.Next(finishedAt)
+	if wait > 0 {
+		cs.state, cs.backoffFor = StateBackoff, wait
+		cs.message = "back-off " + wait.String() + " restarting failed container"
+		a.log.Warn("back-off restarting container", append(a.fields(cs), zap.Duration("backoff", wait), zap.String("reason", reason))...)
+	}
+	name := cs.c.Name
+	a.pending.Add(1)
+	cs.timer = time.AfterFunc(wait, func() {
+		defer a.pending.Done()
+		a.restart(name, reason)
+	})
+}
+
+func (a *Agent) restart(name, reason string) {
+	a.mu.Lock()
+	cs := a.ctrs[name]
+	if cs == nil || a.closing {
+		a.mu.Unlock()
+		return
+	}
+	cs.timer = nil
+	cs.restarts++
+	cs.backoffFor = 0
+	a.log.Info("restarting container", append(a.fields(cs), zap.String("reason", reason), zap.Int("restart_count", cs.restarts))...)
+	if a.m != nil {
+		a.m.Restarted(metricsName(cs), reason)
+	}
+	ctx := a.runCtx
+	a.mu.Unlock()
+	if err := a.rt.Start(ctx, name); err != nil {
+		a.log.Debug("restart not started", zap.String("container", name), zap.Error(err))
+	}
+}
+
+func (a *Agent) handleTransition(tr prober.Transition) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cs := a.ctrs[tr.ID]
+	if cs == nil || cs.instance != tr.Instance || a.closing {
+		return
+	}
+	level := zap.InfoLevel
+	if tr.To == prober.ValueFailure {
+		level = zap.WarnLevel
+	}
+	a.log.Log(level, "probe transition", append(a.fields(cs),
+		zap.String("probe", tr.Type.String()), zap.String("method", tr.Method),
+		zap.String("from", tr.From.String()), zap.String("to", tr.To.String()),
+		zap.Int("consecutive", tr.Consecutive), zap.Int("threshold", tr.Threshold),
+		zap.String("output", tr.Result.Output))...)
+	if tr.To == prober.ValueFailure && (tr.Type == service.Liveness || tr.Type == service.Startup) && cs.state == StateRunning {
+		a.stop(cs, tr.Type)
+	}
+	a.publish(cs)
+}
+
+// stop terminates a container whose liveness or startup probe failed: readiness is
+// false at once, liveness and startup pause, and the runtime gets SIGTERM, then SIGKILL
+// after the grace period.
+func (a *Agent) stop(cs *containerState, by service.ProbeType) {
+	grace := a.opts.GracePeriod
+	if g := cs.c.Spec.Check(by).TerminationGracePeriodSeconds; g != nil {
+		grace = g.D()
+	}
+	grace = max(grace, MinGracePeriod)
+	cs.state, cs.stopReason = StateTerminating, by.String()
+	a.mgr.Pause(cs.c.Name)
+	action := "stopping container"
+	if cs.c.Owned && runtime.ShouldRestart(cs.c.Spec.RestartPolicy, 0, true) {
+		action = "stopping container, will be restarted"
+	}
+	a.log.Warn(action, append(a.fields(cs), zap.String("reason", by.String()+" probe failed"),
+		zap.Duration("grace_period", grace))...)
+	name, ctx := cs.c.Name, a.runCtx
+	a.pending.Add(1)
+	go func() {
+		defer a.pending.Done()
+		if err := a.rt.Stop(ctx, name, grace); err != nil {
+			a.log.Error("stop failed", zap.String("container", name), zap.Error(err))
+		}
+	}()
+}
+
+func metricsName(cs *containerState) metrics.Container {
+	return metrics.Container{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Name: cs.c.Container}
+}
+
+// readiness computes started and ready for a container; called with a.mu held.
+func (a *Agent) readiness(cs *containerState) (started, ready bool, st prober.Status, ok bool) {
+	st, ok = a.mgr.Status(cs.c.Name)
+	if !ok || st.Instance != cs.instance {
+		return false, false, st, false
+	}
+	started = st.Started
+	ready = cs.state == StateRunning && started &&
+		(!st.Has[service.Readiness] || st.Values[service.Readiness] == prober.ValueSuccess)
+	return started, ready, st, true
+}
+
+// publish updates a container's gauges; called with a.mu held.
+func (a *Agent) publish(cs *containerState) {
+	if a.m == nil {
+		return
+	}
+	started, ready, _, _ := a.readiness(cs)
+	a.m.SetContainer(metricsName(cs), ready, started, cs.backoffFor)
+}
+
+// ContainerStatus is one container in the status API.
+type ContainerStatus struct {
+	Name         string                         `json:"name"`
+	ID           string                         `json:"id"`
+	State        string                         `json:"state"`
+	PID          int                            `json:"pid"`
+	RestartCount int                            `json:"restart_count"`
+	Started      bool                           `json:"started"`
+	Ready        bool                           `json:"ready"`
+	LastExitCode *int                           `json:"last_exit_code"`
+	Message      string                         `json:"message,omitempty"`
+	Probes       map[string]*prober.ProbeStatus `json:"probes"`
+}
+
+// Containers returns the status of every container, sorted by name.
+func (a *Agent) Containers() []ContainerStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]ContainerStatus, 0, len(a.ctrs))
+	for _, cs := range a.ctrs {
+		out = append(out, a.status(cs))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Container returns one container's status.
+func (a *Agent) Container(name string) (ContainerStatus, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cs := a.ctrs[name]
+	if cs == nil {
+		return ContainerStatus{}, false
+	}
+	return a.status(cs), true
+}
+
+func (a *Agent) status(cs *containerState) ContainerStatus {
+	started, ready, st, ok := a.readiness(cs)
+	if !ok {
+		st = cs.lastProbes
+	}
+	s := ContainerStatus{
+		Name: cs.c.Name, ID: cs.instance, State: cs.state, PID: cs.pid, RestartCount: cs.restarts,
+		Started: started, Ready: ready, LastExitCode: cs.lastExit, Message: cs.message,
+		Probes: map[string]*prober.ProbeStatus{},
+	}
+	for _, t := range service.ProbeTypes {
+		if st.Probes[t] != nil {
+			s.Probes[t.String()] = st.Probes[t]
+		} else if c := cs.c.Spec.Check(t); c != nil {
+			s.Probes[t.String()] = &prober.ProbeStatus{Method: c.Method(), Result: "unknown", History: []prober.HistoryEntry{}}
+		}
+	}
+	return s
+}
+
+// Healthy reports whether the agent's loop is running and recently alive.
+func (a *Agent) Healthy() bool {
+	return a.running.Load() && time.Since(time.Unix(0, a.loopBeat.Load())) < 10*time.Second
+}
+
+// Ready reports whether the agent is healthy and its runtime reachable.
+func (a *Agent) Ready() bool { return a.Healthy() && a.rt.Connected() }

@@ -1,0 +1,241 @@
+// Command probe-agent is a node-local health-probe agent: it runs liveness, readiness
+// and startup checks against the containers of its node, restarts failed ones and
+// reports everything as logs, metrics and a JSON status API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	goruntime "runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/probe-agent/probe-agent/agent"
+	"github.com/probe-agent/probe-agent/metrics"
+	"github.com/probe-agent/probe-agent/prober"
+	"github.com/probe-agent/probe-agent/runtime"
+	"github.com/probe-agent/probe-agent/runtime/process"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitError carries an exit code for errors already reported to the user.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// run executes the CLI with args and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		fmt.Fprintln(stderr, "probe-agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "probe-agent",
+		Short:         "Node-local health-probe agent for containers",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRunCmd(), newValidateCmd(), newVersionCmd())
+	return root
+}
+
+type runFlags struct {
+	config        string
+	runtime       string
+	listen        string
+	reservedPorts []int
+	backoff       time.Duration
+	backoffMax    time.Duration
+	grace         time.Duration
+	logLevel      string
+	logFormat     string
+	workers       int
+	maxExec       int
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the agent",
+		Long: "Run the agent: start (process runtime) or find the containers, probe them, restart failed ones,\n" +
+			"and serve /metrics, /healthz, /readyz and /v1/containers on --listen.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f, cmd.ErrOrStderr()) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "service.json with the containers and their checks (required for the process runtime)")
+	fl.StringVar(&f.runtime, "runtime", "process", "container runtime: process")
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:9469", "address of the metrics and status HTTP server")
+	fl.IntSliceVar(&f.reservedPorts, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
+	fl.DurationVar(&f.backoff, "restart-backoff", runtime.DefaultBackoff, "first restart back-off; doubles per crash")
+	fl.DurationVar(&f.backoffMax, "restart-backoff-max", runtime.DefaultBackoffMax, "largest restart back-off; the back-off resets after twice this without a crash")
+	fl.DurationVar(&f.grace, "termination-grace-period", 30*time.Second, "default time between SIGTERM and SIGKILL (at least 2s)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
+	fl.IntVar(&f.workers, "workers", 64, "probes that may run at once")
+	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once")
+	return cmd
+}
+
+func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(ec)
+	case "console":
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	default:
+		return nil, fmt.Errorf("--log-format: %q is not json or console", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
+}
+
+func loadService(path string, reserved []int, runtimeName string) (*service.Service, error) {
+	if path == "" {
+		return nil, errors.New("--config is required")
+	}
+	svc, err := service.ParseFile(path, service.Options{ReservedPorts: reserved})
+	if err != nil {
+		return nil, err
+	}
+	switch runtimeName {
+	case "process":
+		if err := process.Validate(svc); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	default:
+		return nil, fmt.Errorf("--runtime: %q is not a known runtime (process)", runtimeName)
+	}
+	return svc, nil
+}
+
+func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
+	log, err := newLogger(f.logLevel, f.logFormat, stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck
+	if f.runtime != "process" {
+		return fmt.Errorf("--runtime: %q is not a known runtime (process)", f.runtime)
+	}
+	svc, err := loadService(f.config, f.reservedPorts, f.runtime)
+	if err != nil {
+		return err
+	}
+	grace := max(f.grace, agent.MinGracePeriod)
+	rt, err := process.New(svc, grace)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	prober.UserAgent = "probe-agent/" + version
+	var a *agent.Agent
+	m := metrics.New(version, func() float64 { return float64(a.Manager().Scheduled()) })
+	a = agent.New(agent.Options{
+		Runtime: rt, Logger: log, Metrics: m,
+		Prober:  prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec},
+		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace,
+	})
+	srv := &http.Server{Handler: a.Handler(m.Registry), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", zap.Error(err))
+		}
+	}()
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("probe-agent started", zap.String("version", version), zap.String("runtime", f.runtime),
+		zap.String("config", f.config), zap.String("listen", ln.Addr().String()), zap.Int("containers", len(svc.Containers)))
+	runErr := a.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	log.Info("probe-agent stopped")
+	return runErr
+}
+
+func newValidateCmd() *cobra.Command {
+	var (
+		config, runtimeName string
+		reserved            []int
+	)
+	cmd := &cobra.Command{
+		Use:   "validate",
+		Short: "Check a service.json file and print every problem with its JSON path",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if config == "" {
+				return errors.New("--config is required")
+			}
+			svc, err := loadService(config, reserved, runtimeName)
+			if err != nil {
+				for _, line := range strings.Split(err.Error(), "\n") {
+					if !strings.HasPrefix(line, config+": ") {
+						line = config + ": " + line
+					}
+					fmt.Fprintln(cmd.OutOrStdout(), line)
+				}
+				return exitError{1}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d containers)\n", config, len(svc.Containers))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&config, "config", "", "service.json to check")
+	cmd.Flags().StringVar(&runtimeName, "runtime", "process", "runtime whose requirements apply: process")
+	cmd.Flags().IntSliceVar(&reserved, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
+	return cmd
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "probe-agent %s (%s, %s/%s)\n", version, goruntime.Version(), goruntime.GOOS, goruntime.GOARCH)
+		},
+	}
+}
