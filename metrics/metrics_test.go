@@ -42,14 +42,14 @@ func TestMetricsLintAndNames(t *testing.T) {
 		}
 	}
 	want := map[string][]string{
-		"probe_agent_build_info":                {"goversion", "version"},
-		"probe_agent_container_backoff_seconds": {"container", "namespace", "pod"},
-		"probe_agent_container_ready":           {"container", "namespace", "pod"},
-		"probe_agent_container_restarts_total":  {"container", "namespace", "pod", "reason"},
-		"probe_agent_container_started":         {"container", "namespace", "pod"},
-		"probe_agent_probe_duration_seconds":    {"method", "probe_type"},
-		"probe_agent_probe_total":               {"container", "method", "namespace", "pod", "probe_type", "result"},
-		"probe_agent_scheduled_probes":          nil,
+		"probe_agent_build_info":                 {"goversion", "version"},
+		"probe_agent_container_backoff_seconds":  {"container", "namespace", "pod"},
+		"probe_agent_container_ready":            {"container", "namespace", "pod"},
+		"probe_agent_container_restarts_total":   {"container", "namespace", "pod", "reason"},
+		"probe_agent_container_started":          {"container", "namespace", "pod"},
+		"probe_agent_probe_duration_seconds":     {"method", "probe_type"},
+		"probe_agent_probe_total":                {"container", "method", "namespace", "pod", "probe_type", "result"},
+		"probe_agent_scheduled_probes":           nil,
 		"probe_agent_scheduler_lateness_seconds": nil,
 	}
 	if len(names) != len(want) {
