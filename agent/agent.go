@@ -191,10 +191,6 @@ loop:
 			}
 		}
 	}
-	go func() {
-		for range events {
-		}
-	}()
 	a.pending.Wait()
 	return rtErr
 }
