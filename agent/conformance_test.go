@@ -159,7 +159,7 @@ func restarted(s ContainerStatus) bool { return s.RestartCount > 0 }
 func notRestarted(s ContainerStatus) bool {
 	return s.RestartCount == 0 && s.State != StateTerminating && s.State != StateExited
 }
-func ready(s ContainerStatus) bool { return s.Ready }
+func ready(s ContainerStatus) bool    { return s.Ready }
 func notReady(s ContainerStatus) bool { return !s.Ready }
 
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
