@@ -18,15 +18,15 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func execIn(t *testing.T, timeout time.Duration, argv ...string) (int, string, error, time.Duration) {
+func execIn(t *testing.T, timeout time.Duration, argv ...string) (code int, out string, took time.Duration, err error) {
 	t.Helper()
 	tg := &Target{Env: append(os.Environ(), "FOO=bar")}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var out bytes.Buffer
+	var buf bytes.Buffer
 	start := time.Now()
-	code, err := tg.Exec(ctx, argv, &out)
-	return code, out.String(), err, time.Since(start)
+	code, err = tg.Exec(ctx, argv, &buf)
+	return code, buf.String(), time.Since(start), err
 }
 
 func TestExecRealProcesses(t *testing.T) {
@@ -56,7 +56,7 @@ func TestExecRealProcesses(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			code, out, err, _ := execIn(t, 5*time.Second, tc.argv...)
+			code, out, _, err := execIn(t, 5*time.Second, tc.argv...)
 			if err != nil || code != tc.code || !strings.Contains(out, tc.out) {
 				t.Fatalf("code %d out %q err %v, want %d ...%q...", code, out, err, tc.code, tc.out)
 			}
@@ -66,11 +66,11 @@ func TestExecRealProcesses(t *testing.T) {
 
 func TestExecBackgroundChildDoesNotBlock(t *testing.T) {
 	t.Parallel()
-	code, _, err, took := execIn(t, 5*time.Second, "sh", "-c", "sleep 10 & exit 1")
+	code, _, took, err := execIn(t, 5*time.Second, "sh", "-c", "sleep 10 & exit 1")
 	if err != nil || code != 1 || took > time.Second {
 		t.Fatalf("sleep 10 & exit 1: code %d err %v after %v, want exit 1 at once", code, err, took)
 	}
-	code, out, err, took := execIn(t, 5*time.Second, "sh", "-c", "sleep 10 & echo started")
+	code, out, took, err := execIn(t, 5*time.Second, "sh", "-c", "sleep 10 & echo started")
 	if err != nil || code != 0 || out != "started\n" || took > time.Second {
 		t.Fatalf("background child holding stdout: code %d out %q err %v after %v", code, out, err, took)
 	}
@@ -98,7 +98,7 @@ func processesInGroup(pgid int) []int {
 func TestExecTimeoutKillsWholeGroup(t *testing.T) {
 	t.Parallel()
 	pidFile := t.TempDir() + "/pid"
-	code, _, err, took := execIn(t, 300*time.Millisecond, "sh", "-c", "echo $$ > "+pidFile+"; sleep 30 & sleep 30")
+	code, _, took, err := execIn(t, 300*time.Millisecond, "sh", "-c", "echo $$ > "+pidFile+"; sleep 30 & sleep 30")
 	if err != context.DeadlineExceeded || code != -1 {
 		t.Fatalf("code %d err %v, want a deadline error", code, err)
 	}

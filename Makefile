@@ -1,0 +1,40 @@
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build run test lint unit fuzz-smoke fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/probe-agent ./cmd/probe-agent
+	$(GO) build -o bin/sample-server ./cmd/sample-server
+
+## run: start the agent on the process runtime with the example service (Ctrl-C stops it).
+run: build
+	./bin/probe-agent run --config testdata/service.json --log-format console
+
+## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, fuzz smoke, both builds.
+test: lint unit fuzz-smoke
+	CGO_ENABLED=0 $(GO) build ./...
+	CGO_ENABLED=1 $(GO) build ./...
+
+lint:
+	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) mod tidy -diff
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+fuzz-smoke:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./service
+
+## fuzz: a longer fuzzing run of the service.json parser.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5m ./service
+
+clean:
+	rm -rf bin

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestValidateFiveMistakesFiveLines(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"validate", "--config", "../../testdata/invalid-five.json"}, &out, &errb)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("%d lines, want 5:\n%s", len(lines), out.String())
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "../../testdata/invalid-five.json: containers[0].") {
+			t.Errorf("line without file and JSON path: %q", l)
+		}
+	}
+}
+
+func TestValidateGoodFiles(t *testing.T) {
+	for _, f := range []string{"../../testdata/service.json", "../../testdata/eas-example.json"} {
+		var out bytes.Buffer
+		if code := run(context.Background(), []string{"validate", "--config", f}, &out, &out); code != 0 {
+			t.Errorf("%s: exit %d: %s", f, code, out.String())
+		}
+	}
+}
+
+func TestValidateSyntaxErrorAndMissingFile(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte("{\n  \"metadata\": {,\n}"), 0o644)
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"validate", "--config", bad}, &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "invalid JSON at line 2") {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", filepath.Join(dir, "missing.json")}, &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "no such file") {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", "../../testdata/service.json", "--reserved-ports", "8000"}, &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "8000 is reserved") {
+		t.Fatalf("--reserved-ports not applied: exit %d: %s", code, out.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "probe-agent ") {
+		t.Fatalf("exit %d: %q", code, out.String())
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run"}, "--config is required"},
+		{[]string{"run", "--config", "../../testdata/service.json", "--runtime", "docker"}, `--runtime: "docker"`},
+		{[]string{"run", "--config", "../../testdata/service.json", "--log-format", "xml"}, "--log-format"},
+		{[]string{"run", "--config", "../../testdata/service.json", "--log-level", "loud"}, "--log-level"},
+		{[]string{"run", "--config", "../../testdata/service.json", "--listen", "256.0.0.1:1"}, "--listen"},
+		{[]string{"frobnicate"}, "unknown command"},
+	} {
+		var out bytes.Buffer
+		if code := run(context.Background(), tc.args, &out, &out); code != 1 || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%v: exit %d, output %q, want ...%s...", tc.args, code, out.String(), tc.want)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestRunServesStatusAndStopsCleanly runs the whole command with a real process and
+// checks the HTTP interface, the JSON logs and a clean shutdown.
+func TestRunServesStatusAndStopsCleanly(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(t.TempDir(), "service.json")
+	os.WriteFile(cfg, []byte(`{"metadata":{"name":"cli"},"containers":[{"name":"sleeper","command":"sleep 600",
+		"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1}}]}`), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int)
+	go func() { done <- run(ctx, []string{"run", "--config", cfg, "--listen", addr}, io.Discard, &logs) }()
+	var list []map[string]any
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v1/containers")
+		if err == nil {
+			json.NewDecoder(resp.Body).Decode(&list)
+			resp.Body.Close()
+			if len(list) == 1 && list[0]["ready"] == true {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %v %v\n%s", err, list, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	pid := int(list[0]["pid"].(float64))
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+		if data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); !strings.Contains(string(data), " Z ") {
+			t.Fatalf("container process %d survived the agent", pid)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"probe transition"`) {
+		t.Fatalf("no transition logged:\n%s", logs.String())
+	}
+}
