@@ -186,7 +186,7 @@ func TestIntegrationProcessExecLivenessKeepsRunningWhileFileStays(t *testing.T) 
 	t.Parallel()
 	f := filepath.Join(t.TempDir(), "health")
 	h := startAgent(t, `{"name":"c","command":`+quote("sh -c 'touch "+f+"; exec sleep 600'")+`,
-		"liveness_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1,"initial_delay_seconds":0.2}}`)
+		"liveness_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1,"initial_delay_seconds":0.2,"timeout_seconds":5}}`)
 	h.eventually(5*time.Second, "a successful probe", func(s ContainerStatus) bool {
 		return s.Probes["liveness"].ConsecutiveSuccesses >= 3
 	})
@@ -208,7 +208,7 @@ func TestIntegrationProcessHTTPLivenessKeepsRunningOn200(t *testing.T) {
 	t.Parallel()
 	p := freePort(t)
 	h := startAgent(t, `{"name":"c","command":`+server(p)+`,"port":`+strconv.Itoa(p)+`,
-		"liveness_check":{"http_get":{"path":"/health"},"period_seconds":0.1,"initial_delay_seconds":0.5}}`)
+		"liveness_check":{"http_get":{"path":"/health"},"period_seconds":0.1,"initial_delay_seconds":0.5,"timeout_seconds":5}}`)
 	h.eventually(5*time.Second, "successful probes", func(s ContainerStatus) bool {
 		return s.Probes["liveness"].ConsecutiveSuccesses >= 3
 	})
@@ -219,7 +219,7 @@ func TestIntegrationProcessTCPLivenessIgnoresHTTPErrors(t *testing.T) {
 	t.Parallel()
 	p := freePort(t)
 	h := startAgent(t, `{"name":"c","command":`+server(p, "--failing")+`,"port":`+strconv.Itoa(p)+`,
-		"liveness_check":{"tcp_socket":{},"period_seconds":0.1,"initial_delay_seconds":0.5}}`)
+		"liveness_check":{"tcp_socket":{},"period_seconds":0.1,"initial_delay_seconds":0.5,"timeout_seconds":5}}`)
 	h.eventually(5*time.Second, "successful probes", func(s ContainerStatus) bool {
 		return s.Probes["liveness"].ConsecutiveSuccesses >= 3
 	})
@@ -302,7 +302,7 @@ func TestIntegrationProcessReadinessInitialDelay(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
 	h := startAgent(t, `{"name":"c","command":"sleep 600",
-		"readiness_check":{"exec":{"command":["true"]},"initial_delay_seconds":1.5,"period_seconds":10}}`)
+		"readiness_check":{"exec":{"command":["true"]},"initial_delay_seconds":1.5,"period_seconds":10,"timeout_seconds":5}}`)
 	h.consistently(time.Second-time.Since(start), "not ready before the initial delay", notReady)
 	s := h.eventually(5*time.Second, "ready", ready)
 	first := s.Probes["readiness"].History[0].Time
@@ -326,7 +326,7 @@ func TestIntegrationProcessFailingStartupRestartsDespiteLiveness(t *testing.T) {
 	t.Parallel()
 	h := startAgent(t, `{"name":"c","command":"sleep 600",
 		"startup_check":{"exec":{"command":["false"]},"period_seconds":0.1,"failure_threshold":3},
-		"liveness_check":{"exec":{"command":["true"]},"period_seconds":0.1}}`)
+		"liveness_check":{"exec":{"command":["true"]},"period_seconds":0.1,"timeout_seconds":5}}`)
 	s := h.eventually(10*time.Second, "a restart", restarted)
 	if s.Started {
 		t.Fatal("started although startup never succeeded")
@@ -364,7 +364,7 @@ func TestIntegrationProcessReadinessRightAfterStartup(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "started")
 	h := startAgent(t, `{"name":"c","command":`+quote("sh -c 'sleep 0.5; touch "+f+"; exec sleep 600'")+`,
 		"startup_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1,"failure_threshold":100},
-		"readiness_check":{"exec":{"command":["true"]},"period_seconds":30}}`)
+		"readiness_check":{"exec":{"command":["true"]},"period_seconds":30,"timeout_seconds":5}}`)
 	s := h.eventually(10*time.Second, "started", func(s ContainerStatus) bool { return s.Started })
 	startupAt := *s.Probes["startup"].LastProbeTime
 	s = h.eventually(5*time.Second, "ready", ready)
@@ -386,7 +386,7 @@ func TestIntegrationProcessOtherHostRedirectIsSuccessWithWarning(t *testing.T) {
 	p := freePort(t)
 	to := "http://localhost:" + strconv.Itoa(p) + "/status/500"
 	h := startAgent(t, `{"name":"c","command":`+server(p)+`,"port":`+strconv.Itoa(p)+`,
-		"liveness_check":{"http_get":{"path":"/redirect?to=`+to+`"},"period_seconds":0.1,"initial_delay_seconds":0.3}}`)
+		"liveness_check":{"http_get":{"path":"/redirect?to=`+to+`"},"period_seconds":0.1,"initial_delay_seconds":0.3,"timeout_seconds":5}}`)
 	s := h.eventually(5*time.Second, "warnings", func(s ContainerStatus) bool {
 		return len(s.Probes["liveness"].History) >= 3
 	})
@@ -423,7 +423,7 @@ func TestIntegrationProcessNotReadyWhileTerminating(t *testing.T) {
 	t.Parallel()
 	f := filepath.Join(t.TempDir(), "health")
 	h := startAgent(t, `{"name":"c","command":`+quote("sh -c 'trap \"\" TERM; touch "+f+"; sleep 1; rm "+f+"; while true; do sleep 0.1; done'")+`,
-		"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1},
+		"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1,"timeout_seconds":5},
 		"liveness_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1,"termination_grace_period_seconds":2}}`)
 	h.eventually(5*time.Second, "ready", ready)
 	h.eventually(10*time.Second, "terminating", func(s ContainerStatus) bool { return s.State == StateTerminating })
