@@ -262,3 +262,60 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseContainerLabelForm(t *testing.T) {
+	t.Parallel()
+	c, err := ParseContainer([]byte(`{"port":8000,"restart_policy":"OnFailure","liveness_check":{"http_get":{"path":"/health"}}}`), "label", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LivenessCheck.HTTPGet.Port != 8000 || c.RestartPolicy != RestartOnFailure || c.LivenessCheck.FailureThreshold != 1 {
+		t.Fatalf("%+v", c)
+	}
+	_, err = ParseContainer([]byte(`{"liveness_check":{"tcp_socket":{"port":1}},"livenes_check":{}}`), `label "probe-agent.io/checks"`, Options{})
+	if err == nil || !strings.Contains(err.Error(), `label "probe-agent.io/checks".livenes_check: unknown field`) {
+		t.Fatalf("got %v", err)
+	}
+	_, err = ParseContainer([]byte(`{`), "label", Options{})
+	if err == nil || !strings.HasPrefix(err.Error(), "label: invalid JSON") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestParseContainersAnnotationForm(t *testing.T) {
+	t.Parallel()
+	m, err := ParseContainers([]byte(`{"app":{"readiness_check":{"tcp_socket":{"port":8000}}},"side":{"liveness_check":{"exec":{"command":["true"]}}}}`), "annotation", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != 2 || m["app"].Name != "app" || m["app"].ReadinessCheck.FailureThreshold != 3 || m["side"].LivenessCheck.Method() != MethodExec {
+		t.Fatalf("%+v", m)
+	}
+	_, err = ParseContainers([]byte(`{"app":{"readiness_check":{"tcp_socket":{"port":0}}}}`), "annotation", Options{})
+	if err == nil || !strings.Contains(err.Error(), `annotation["app"].readiness_check.tcp_socket.port: required`) {
+		t.Fatalf("got %v", err)
+	}
+	_, err = ParseContainers([]byte(`{"app":{},"app":{}}`), "annotation", Options{})
+	if err == nil || !strings.Contains(err.Error(), `annotation["app"]: duplicate key`) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := ParseContainers([]byte(`[]`), "annotation", Options{}); err == nil {
+		t.Fatal("array accepted")
+	}
+}
+
+func TestKubernetesNamesAndRootfs(t *testing.T) {
+	t.Parallel()
+	if _, err := Parse([]byte(wrap(`{"name":"team-a/web-0/app","command":"x"}`)), Options{}); err != nil {
+		t.Fatalf("namespace/pod/container name rejected: %v", err)
+	}
+	for _, bad := range []string{"a//b", "/a", "a/b/c/d"} {
+		if _, err := Parse([]byte(wrap(`{"name":"`+bad+`","command":"x"}`)), Options{}); err == nil {
+			t.Errorf("name %q accepted", bad)
+		}
+	}
+	_, err := Parse([]byte(wrap(`{"command":"x","rootfs":"/r","image":"i"}`)), Options{})
+	if err == nil || !strings.Contains(err.Error(), "rootfs or image, not both") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -34,8 +34,11 @@ type Computing struct {
 // Container is one container entry with its checks.
 type Container struct {
 	// Name is an extension to the EAS format; it defaults to <metadata.name>-<index>.
-	Name    string   `json:"name,omitempty"`
-	Image   string   `json:"image,omitempty"`
+	Name  string `json:"name,omitempty"`
+	Image string `json:"image,omitempty"`
+	// Rootfs is an extension: a root filesystem directory the containerd runtime runs
+	// the container from, with Command, Env and Port.
+	Rootfs  string   `json:"rootfs,omitempty"`
 	Env     []EnvVar `json:"env,omitempty"`
 	Command string   `json:"command,omitempty"`
 	Port    int      `json:"port,omitempty"`

@@ -11,7 +11,8 @@ import (
 )
 
 var (
-	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	// nameRE allows the Kubernetes form namespace/pod/container.
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,252}){0,2}$`)
 	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	maxLimit = 1_000_000
 )
@@ -56,7 +57,7 @@ func (c *Container) Validate(path string, opts Options) error {
 
 func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 	if c.Name != "" && !nameRE.MatchString(c.Name) {
-		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-'; at most 128)", c.Name)
+		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-', or namespace/pod/container)", c.Name)
 	}
 	for i, e := range c.Env {
 		if !envRE.MatchString(e.Name) {
@@ -79,6 +80,9 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 	}
 	if c.Port != 0 {
 		validatePort(p+".port", c.Port, opts, errs)
+	}
+	if c.Rootfs != "" && c.Image != "" {
+		errs.add(p+".rootfs", "set rootfs or image, not both")
 	}
 	switch c.RestartPolicy {
 	case "":
