@@ -216,10 +216,11 @@ type Target struct {
 // Host returns 127.0.0.1.
 func (*Target) Host() string { return "127.0.0.1" }
 
-// DialContext dials on the host.
+// DialContext dials on the host; a refused connection says what does listen.
 func (*Target) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+	c, err := d.DialContext(ctx, network, address)
+	return c, runtime.Explain(err, address, "/proc/net")
 }
 
 // drainWait bounds how long output is read after a command exits, for descendants

@@ -3,6 +3,7 @@ package process
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -225,6 +226,22 @@ func TestValidateNeedsCommand(t *testing.T) {
 	t.Parallel()
 	err := Validate(&service.Service{Containers: []service.Container{{Name: "a"}}})
 	if err == nil || err.Error() != "containers[0].command: required by the process runtime" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDialRefusedSaysWhatListens(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := free.Addr().String()
+	free.Close()
+	_, err = (&Target{}).DialContext(context.Background(), "tcp", addr)
+	if err == nil || !strings.Contains(err.Error(), "nothing listens on") || !strings.Contains(err.Error(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)) {
 		t.Fatalf("got %v", err)
 	}
 }
