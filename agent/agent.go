@@ -35,6 +35,9 @@ type Options struct {
 	// GracePeriod is the default time between SIGTERM and SIGKILL (default 30 s,
 	// at least MinGracePeriod); a check's termination_grace_period_seconds wins.
 	GracePeriod time.Duration
+	// StateDir, when set, is where probe state, restart counts and back-off are saved
+	// so that an agent restart loses nothing.
+	StateDir string
 }
 
 // Agent runs probes against a runtime's containers and acts on their results.
@@ -52,6 +55,9 @@ type Agent struct {
 	pending  sync.WaitGroup // restarts and stops in flight
 	loopBeat atomic.Int64   // unix nanos of the last loop iteration
 	running  atomic.Bool
+
+	saved     savedState // what the previous agent left, read at start
+	lastSaved string
 }
 
 // State values of a container in the status API.
@@ -67,6 +73,7 @@ const (
 type containerState struct {
 	c          runtime.Container
 	state      string
+	id         string
 	instance   string
 	pid        int
 	restarts   int
@@ -132,7 +139,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.runCtx = rtCtx
 	a.mu.Unlock()
-	events := make(chan runtime.Event, 256)
+	if a.opts.StateDir != "" {
+		saved, err := loadState(a.opts.StateDir)
+		if err != nil {
+			a.log.Error("cannot read saved state", zap.Error(err))
+		}
+		a.saved = saved
+	}
+	events := make(chan runtime.Event, 1024)
 	mgrDone := make(chan error, 1)
 	rtDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(mgrCtx) }()
@@ -192,6 +206,9 @@ loop:
 		}
 	}
 	a.pending.Wait()
+	a.mu.Lock()
+	a.persist()
+	a.mu.Unlock()
 	return rtErr
 }
 
@@ -209,12 +226,9 @@ func (a *Agent) fields(cs *containerState) []zap.Field {
 func (a *Agent) handleEvent(ev runtime.Event) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer a.persist()
 	if ev.Type == runtime.Added {
-		cs := &containerState{c: *ev.Container, state: StateWaiting,
-			backoff: runtime.Backoff{Initial: a.opts.Backoff, Max: a.opts.BackoffMax}}
-		a.ctrs[ev.Name] = cs
-		a.log.Info("container added", append(a.fields(cs), zap.Bool("owned", cs.c.Owned))...)
-		a.publish(cs)
+		a.added(ev)
 		return
 	}
 	cs := a.ctrs[ev.Name]
@@ -223,10 +237,27 @@ func (a *Agent) handleEvent(ev runtime.Event) {
 	}
 	switch ev.Type {
 	case runtime.Started:
-		cs.state, cs.instance, cs.pid, cs.message, cs.stopReason = StateRunning, ev.Instance, ev.PID, "", ""
+		if cs.instance != "" && cs.instance != ev.Instance && !cs.c.Owned {
+			// Someone else (the kubelet, containerd's restart monitor) made a new
+			// instance: follow it and carry the count on.
+			reason := "exited"
+			if cs.stopReason != "" {
+				reason = cs.stopReason
+			}
+			cs.restarts++
+			if a.m != nil {
+				a.m.Restarted(metricsName(cs), reason)
+			}
+		}
+		cs.state, cs.id, cs.instance, cs.pid, cs.message, cs.stopReason = StateRunning, ev.ID, ev.Instance, ev.PID, "", ""
+		if cs.id == "" {
+			cs.id = ev.Instance
+		}
 		cs.backoffFor = 0
-		a.log.Info("container started", append(a.fields(cs), zap.Int("pid", ev.PID))...)
-		if err := a.register(cs, ev); err != nil {
+		a.log.Info("container started", append(a.fields(cs), zap.Int("pid", ev.PID), zap.Bool("adopted", ev.Adopted))...)
+		if cs.c.Err != nil {
+			cs.message = cs.c.Err.Error()
+		} else if err := a.register(cs, ev); err != nil {
 			cs.message = err.Error()
 			a.log.Error("cannot probe container", append(a.fields(cs), zap.Error(err))...)
 		}
@@ -245,9 +276,12 @@ func (a *Agent) handleEvent(ev runtime.Event) {
 		if cs.stopReason != "" {
 			reason = cs.stopReason
 		}
-		if runtime.ShouldRestart(cs.c.Spec.RestartPolicy, code, cs.stopReason != "") && cs.c.Owned {
+		switch {
+		case !cs.c.Owned:
+			cs.message = "restarted by the " + cs.c.ManagedBy + ", not the agent"
+		case cs.c.Spec != nil && runtime.ShouldRestart(cs.c.Spec.RestartPolicy, code, cs.stopReason != ""):
 			a.scheduleRestart(cs, ev.Time, reason)
-		} else if cs.c.Owned {
+		case cs.c.Spec != nil:
 			cs.message = "not restarted (restart_policy " + string(cs.c.Spec.RestartPolicy) + ")"
 		}
 	case runtime.StartFailed:
@@ -269,6 +303,41 @@ func (a *Agent) handleEvent(ev runtime.Event) {
 	a.publish(cs)
 }
 
+// added records a new container, or new checks for a known one.
+func (a *Agent) added(ev runtime.Event) {
+	c := *ev.Container
+	cs := a.ctrs[ev.Name]
+	if cs == nil {
+		cs = &containerState{c: c, state: StateWaiting,
+			backoff: runtime.Backoff{Initial: a.opts.Backoff, Max: a.opts.BackoffMax}}
+		if sc, ok := a.saved.Containers[ev.Name]; ok {
+			cs.restarts, cs.lastExit = sc.RestartCount, sc.LastExitCode
+			cs.backoff.Restore(sc.BackoffDelay, sc.BackoffLast)
+		}
+		a.ctrs[ev.Name] = cs
+		a.log.Info("container added", append(a.fields(cs), zap.Bool("owned", c.Owned))...)
+	} else {
+		cs.c = c
+		a.log.Info("container checks changed", a.fields(cs)...)
+		if cs.state == StateRunning {
+			a.mgr.Unregister(ev.Name)
+			if c.Err == nil {
+				if err := a.register(cs, runtime.Event{Instance: cs.instance, Time: time.Now()}); err != nil {
+					cs.message = err.Error()
+				}
+			}
+		}
+	}
+	if c.Err != nil {
+		cs.message = c.Err.Error()
+		a.log.Error("container checks invalid", append(a.fields(cs), zap.Error(c.Err))...)
+	}
+	if a.m != nil {
+		a.m.SetChecksInvalid(metricsName(cs), c.Err != nil)
+	}
+	a.publish(cs)
+}
+
 // register hands a new instance's checks to the probe manager.
 func (a *Agent) register(cs *containerState, ev runtime.Event) error {
 	tg, err := a.rt.Target(cs.c.Name)
@@ -277,6 +346,7 @@ func (a *Agent) register(cs *containerState, ev runtime.Event) error {
 	}
 	inst := prober.Instance{
 		ID: cs.c.Name, Instance: ev.Instance, Target: tg, StartedAt: ev.Time, Adopted: ev.Adopted,
+		Restore: a.restoreFor(cs.c.Name, ev.Instance),
 		Labels: prober.Labels{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Container: cs.c.Container},
 	}
 	for _, t := range service.ProbeTypes {
@@ -320,6 +390,7 @@ func (a *Agent) restart(name, reason string) {
 	if a.m != nil {
 		a.m.Restarted(metricsName(cs), reason)
 	}
+	a.persist()
 	ctx := a.runCtx
 	a.mu.Unlock()
 	if err := a.rt.Start(ctx, name); err != nil {
@@ -347,6 +418,7 @@ func (a *Agent) handleTransition(tr prober.Transition) {
 		a.stop(cs, tr.Type)
 	}
 	a.publish(cs)
+	a.persist()
 }
 
 // stop terminates a container whose liveness or startup probe failed: readiness is
@@ -361,7 +433,10 @@ func (a *Agent) stop(cs *containerState, by service.ProbeType) {
 	cs.state, cs.stopReason = StateTerminating, by.String()
 	a.mgr.Pause(cs.c.Name)
 	action := "stopping container"
-	if cs.c.Owned && runtime.ShouldRestart(cs.c.Spec.RestartPolicy, 0, true) {
+	switch {
+	case !cs.c.Owned:
+		action = "stopping container; the " + cs.c.ManagedBy + " restarts it"
+	case runtime.ShouldRestart(cs.c.Spec.RestartPolicy, 0, true):
 		action = "stopping container, will be restarted"
 	}
 	a.log.Warn(action, append(a.fields(cs), zap.String("reason", by.String()+" probe failed"),
@@ -444,13 +519,15 @@ func (a *Agent) status(cs *containerState) ContainerStatus {
 		st = cs.lastProbes
 	}
 	s := ContainerStatus{
-		Name: cs.c.Name, ID: cs.instance, State: cs.state, PID: cs.pid, RestartCount: cs.restarts,
+		Name: cs.c.Name, ID: cs.id, State: cs.state, PID: cs.pid, RestartCount: cs.restarts,
 		Started: started, Ready: ready, LastExitCode: cs.lastExit, Message: cs.message,
 		Probes: map[string]*prober.ProbeStatus{},
 	}
 	for _, t := range service.ProbeTypes {
 		if st.Probes[t] != nil {
 			s.Probes[t.String()] = st.Probes[t]
+		} else if cs.c.Spec == nil {
+			continue
 		} else if c := cs.c.Spec.Check(t); c != nil {
 			s.Probes[t.String()] = &prober.ProbeStatus{Method: c.Method(), Result: "unknown", History: []prober.HistoryEntry{}}
 		}

@@ -23,6 +23,7 @@ type Metrics struct {
 	started       *prometheus.GaugeVec
 	restarts      *prometheus.CounterVec
 	backoff       *prometheus.GaugeVec
+	invalid       *prometheus.GaugeVec
 	lateness      prometheus.Histogram
 }
 
@@ -62,6 +63,10 @@ func New(version string, scheduled func() float64) *Metrics {
 			Namespace: namespace, Name: "container_backoff_seconds",
 			Help: "Current restart back-off of the container; 0 when none applies.",
 		}, containerLabels),
+		invalid: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "container_checks_invalid",
+			Help: "1 while the container's checks (label or annotation) cannot be used; the status API says why.",
+		}, containerLabels),
 		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "scheduler_lateness_seconds",
 			Help:    "How late probes fire after their due time.",
@@ -73,7 +78,7 @@ func New(version string, scheduled func() float64) *Metrics {
 		Help: "Build information of the agent; always 1.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
-	m.Registry.MustRegister(m.probeTotal, m.probeDuration, m.ready, m.started, m.restarts, m.backoff, m.lateness, buildInfo,
+	m.Registry.MustRegister(m.probeTotal, m.probeDuration, m.ready, m.started, m.restarts, m.backoff, m.invalid, m.lateness, buildInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "scheduled_probes",
 			Help: "Probes waiting on the scheduler's timer wheel.",
@@ -107,6 +112,11 @@ func (m *Metrics) SetContainer(c Container, ready, started bool, backoff time.Du
 	m.backoff.WithLabelValues(c.labels()...).Set(backoff.Seconds())
 }
 
+// SetChecksInvalid says whether a container's checks are unusable.
+func (m *Metrics) SetChecksInvalid(c Container, invalid bool) {
+	m.invalid.WithLabelValues(c.labels()...).Set(b2f(invalid))
+}
+
 // Restarted counts a restart of the container for reason.
 func (m *Metrics) Restarted(c Container, reason string) {
 	m.restarts.WithLabelValues(c.labels(reason)...).Inc()
@@ -120,6 +130,7 @@ func (m *Metrics) DeleteContainer(c Container) {
 	m.started.DeletePartialMatch(l)
 	m.restarts.DeletePartialMatch(l)
 	m.backoff.DeletePartialMatch(l)
+	m.invalid.DeletePartialMatch(l)
 }
 
 func b2f(b bool) float64 {

@@ -18,6 +18,7 @@ func TestMetricsLintAndNames(t *testing.T) {
 	m.Lateness(time.Millisecond)
 	m.SetContainer(c, true, true, 20*time.Second)
 	m.Restarted(c, "liveness")
+	m.SetChecksInvalid(c, false)
 
 	problems, err := testutil.GatherAndLint(m.Registry)
 	if err != nil {
@@ -45,6 +46,7 @@ func TestMetricsLintAndNames(t *testing.T) {
 		"probe_agent_build_info":                 {"goversion", "version"},
 		"probe_agent_container_backoff_seconds":  {"container", "namespace", "pod"},
 		"probe_agent_container_ready":            {"container", "namespace", "pod"},
+		"probe_agent_container_checks_invalid":   {"container", "namespace", "pod"},
 		"probe_agent_container_restarts_total":   {"container", "namespace", "pod", "reason"},
 		"probe_agent_container_started":          {"container", "namespace", "pod"},
 		"probe_agent_probe_duration_seconds":     {"method", "probe_type"},

@@ -40,6 +40,16 @@ type Instance struct {
 	// Adopted says the agent found the container already running: first probes are
 	// spread uniformly over one period instead of all firing at once.
 	Adopted bool
+	// Restore, for an adopted instance, carries what an earlier agent knew of it.
+	Restore *Restore
+}
+
+// Restore is the probe state an agent saved for a container instance, so that after an
+// agent restart a started container is not startup-gated again and a ready one does not
+// turn not-ready.
+type Restore struct {
+	Started   bool
+	Readiness Value
 }
 
 // Transition is a change of a probe's published value.
@@ -209,6 +219,9 @@ func (m *Manager) Register(inst Instance) {
 		m.stopGroup(old)
 	}
 	g := &group{inst: inst, started: inst.Checks[service.Startup] == nil}
+	if inst.Restore != nil && inst.Restore.Started {
+		g.started = true
+	}
 	for _, t := range service.ProbeTypes {
 		c := inst.Checks[t]
 		if c == nil {
@@ -218,6 +231,14 @@ func (m *Manager) Register(inst Instance) {
 			state: NewState(t, c.SuccessThreshold, c.FailureThreshold)}
 		p.timer.Value = p
 		g.probes[t] = p
+		if rs := inst.Restore; rs != nil {
+			switch {
+			case t == service.Startup && rs.Started:
+				p.state.Value, p.state.OnHold = ValueSuccess, true
+			case t == service.Readiness && rs.Readiness != ValueUnknown:
+				p.state.Value = rs.Readiness
+			}
+		}
 	}
 	m.groups[inst.ID] = g
 	if g.started {

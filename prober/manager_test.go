@@ -298,3 +298,27 @@ func TestTenThousandProbesNoGoroutineGrowth(t *testing.T) {
 	}
 	t.Logf("%d probes, goroutines %d before and %d after", n, before, after)
 }
+
+func TestRestoredStateKeepsStartedAndReady(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, Options{})
+	tg := newScript(func(name string, n int) (int, error) { return 0, nil })
+	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now().Add(-time.Hour), Adopted: true,
+		Restore: &Restore{Started: true, Readiness: ValueSuccess},
+		Checks: [3]*service.Check{
+			service.Startup:   execCheck(service.Startup, "startup", 100*time.Millisecond, 0),
+			service.Readiness: execCheck(service.Readiness, "ready", 200*time.Millisecond, 0),
+		}})
+	st, _ := m.Status("c")
+	if !st.Started || st.Values[service.Readiness] != ValueSuccess {
+		t.Fatalf("restored status %+v", st)
+	}
+	waitFor(t, "readiness probed", func() bool { return len(tg.times("ready")) > 0 })
+	time.Sleep(100 * time.Millisecond)
+	if len(tg.times("startup")) != 0 {
+		t.Fatal("startup probed again after a restore")
+	}
+	if trs := drainAll(m); len(trs) != 0 {
+		t.Fatalf("transitions after restore: %+v", trs)
+	}
+}

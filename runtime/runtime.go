@@ -27,8 +27,12 @@ type Container struct {
 	Identity
 	Spec *service.Container
 	// Owned says the agent may restart the container in place; containers that belong
-	// to someone else (the kubelet) are only stopped.
-	Owned bool
+	// to someone else are only stopped, and ManagedBy names who restarts them.
+	Owned     bool
+	ManagedBy string
+	// Err says why the container's checks could not be read (a bad label); Spec is
+	// nil then and the container is reported, not probed.
+	Err error
 }
 
 // EventType says what happened to a container.
@@ -58,8 +62,10 @@ type Event struct {
 	Name string
 	// Container is set on Added.
 	Container *Container
-	// Instance names the run of the container (set on Started, Exited, StartFailed).
+	// Instance names the run of the container (set on Started, Exited, StartFailed);
+	// ID is the runtime's identifier of the running container (set on Started).
 	Instance string
+	ID       string
 	PID      int
 	Time     time.Time
 	ExitCode int
@@ -137,3 +143,9 @@ func (b *Backoff) Next(finishedAt time.Time) time.Duration {
 
 // Reset forgets every earlier exit.
 func (b *Backoff) Reset() { b.delay, b.last = 0, time.Time{} }
+
+// State returns the back-off's memory: the next delay and the last exit, for saving.
+func (b *Backoff) State() (delay time.Duration, last time.Time) { return b.delay, b.last }
+
+// Restore sets the memory State returned.
+func (b *Backoff) Restore(delay time.Duration, last time.Time) { b.delay, b.last = delay, last }

@@ -129,7 +129,7 @@ func (r *Runtime) Start(ctx context.Context, name string) error {
 		return errStartFailed
 	}
 	c.cmd, c.pid, c.running, c.done = cmd, cmd.Process.Pid, true, make(chan struct{})
-	r.send(runtime.Event{Type: runtime.Started, Name: name, Instance: instance, PID: c.pid, Time: time.Now()})
+	r.send(runtime.Event{Type: runtime.Started, Name: name, ID: instance, Instance: instance, PID: c.pid, Time: time.Now()})
 	r.wg.Add(1)
 	go r.wait(name, instance, c, cmd, c.done)
 	return nil
@@ -196,10 +196,9 @@ func (r *Runtime) Stop(ctx context.Context, name string, grace time.Duration) er
 // Connected is always true: local processes need no connection.
 func (r *Runtime) Connected() bool { return true }
 
-// Target returns how to probe a container: on the host, with its environment.
+// Target returns how to probe a container: on the host, with its environment. The
+// container map is fixed after New, so this takes no lock.
 func (r *Runtime) Target(name string) (runtime.Target, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	c, ok := r.ctrs[name]
 	if !ok {
 		return nil, fmt.Errorf("container %q: not found", name)

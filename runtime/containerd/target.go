@@ -1,0 +1,201 @@
+package containerd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/probe-agent/probe-agent/runtime"
+)
+
+// unavailableError marks errors that mean the container itself cannot be reached; the
+// prober treats them as "could not run", not as failures.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string     { return e.err.Error() }
+func (e *unavailableError) Unwrap() error     { return e.err }
+func (e *unavailableError) Unavailable() bool { return true }
+
+func unavailable(err error) error { return &unavailableError{err} }
+
+// Timing of exec clean-up: output still arriving after the exec exited is read for at
+// most ioDrain (a background child can hold the pipes open forever), and the exec is
+// deleted asynchronously within deleteTimeout, since the shim may itself wait for the
+// output for up to 10 s.
+const (
+	ioDrain       = 200 * time.Millisecond
+	killWait      = 5 * time.Second
+	deleteTimeout = 15 * time.Second
+)
+
+var execSeq atomic.Uint64
+
+// target probes one instance of a container: exec through the task, dials from inside
+// its network namespace.
+type target struct {
+	client  *containerd.Client
+	ns, id  string
+	pid     int
+	process *specs.Process
+	hostNet bool
+	fifoDir string
+	cleanup *sync.WaitGroup
+
+	hostOnce sync.Once
+	host     string
+}
+
+func (t *target) netnsPath() string { return "/proc/" + strconv.Itoa(t.pid) + "/ns/net" }
+
+// Host returns the container's first non-loopback address, else 127.0.0.1 of its
+// namespace (or of the host for host-network containers).
+func (t *target) Host() string {
+	t.hostOnce.Do(func() {
+		t.host = "127.0.0.1"
+		if !t.hostNet {
+			t.host = firstAddress(t.netnsPath())
+		}
+	})
+	return t.host
+}
+
+// DialContext connects from inside the container's network namespace. A refused
+// connection is explained from the container's /proc/<pid>/net/tcp{,6}.
+func (t *target) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	if t.hostNet {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, addr)
+	} else {
+		conn, err = dialInNetNS(ctx, t.netnsPath(), network, addr)
+	}
+	if err != nil {
+		if _, serr := os.Stat("/proc/" + strconv.Itoa(t.pid)); serr != nil {
+			return nil, unavailable(fmt.Errorf("container %s: task %d is gone: %w", t.id, t.pid, err))
+		}
+		return nil, runtime.Explain(err, addr, "/proc/"+strconv.Itoa(t.pid)+"/net")
+	}
+	return conn, nil
+}
+
+func execID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "probe-" + strconv.FormatUint(execSeq.Add(1), 10) + "-" + hex.EncodeToString(b[:])
+}
+
+// Exec runs argv inside the container with the container's own process spec (env,
+// user, working directory, capabilities). When ctx ends the exec is killed with
+// SIGKILL. Output is read until the exec exits and at most ioDrain longer; the exec is
+// deleted in the background.
+func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
+	nctx := namespaces.WithNamespace(ctx, t.ns)
+	c, err := t.client.LoadContainer(nctx, t.id)
+	if err != nil {
+		return -1, t.wrap(err)
+	}
+	task, err := c.Task(nctx, nil)
+	if err != nil {
+		return -1, t.wrap(err)
+	}
+	ps := *t.process
+	ps.Args, ps.Terminal = argv, false
+	proc, err := task.Exec(nctx, execID(), &ps, cio.NewCreator(cio.WithStreams(nil, out, out), cio.WithFIFODir(t.fifoDir)))
+	if err != nil {
+		return -1, t.wrap(err)
+	}
+	defer t.deleteLater(proc)
+	statusC, err := proc.Wait(nctx)
+	if err != nil {
+		return -1, t.wrap(err)
+	}
+	if err := proc.Start(nctx); err != nil {
+		// runc reports a missing or non-executable command here, not as an exit code.
+		msg := err.Error()
+		switch {
+		case strings.Contains(msg, "no such file") || strings.Contains(msg, "not found"):
+			fmt.Fprint(out, msg)
+			return 127, nil
+		case strings.Contains(msg, "permission denied"):
+			fmt.Fprint(out, msg)
+			return 126, nil
+		}
+		return -1, t.wrap(err)
+	}
+	select {
+	case st := <-statusC:
+		code, _, err := st.Result()
+		t.drain(proc)
+		if err != nil {
+			return -1, t.wrap(err)
+		}
+		return int(code), nil
+	case <-ctx.Done():
+		kctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), killWait)
+		defer cancel()
+		_ = proc.Kill(kctx, syscall.SIGKILL)
+		select {
+		case <-statusC:
+		case <-kctx.Done():
+		}
+		t.drain(proc)
+		return -1, ctx.Err()
+	}
+}
+
+// drain waits a little for the output copy to finish, then abandons it.
+func (t *target) drain(p containerd.Process) {
+	done := make(chan struct{})
+	go func() {
+		p.IO().Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(ioDrain):
+		p.IO().Cancel()
+		<-done
+	}
+}
+
+// deleteLater removes the exec process without making the probe wait for it.
+func (t *target) deleteLater(p containerd.Process) {
+	t.cleanup.Add(1)
+	go func() {
+		defer t.cleanup.Done()
+		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), deleteTimeout)
+		defer cancel()
+		p.IO().Cancel()
+		_, _ = p.Delete(ctx, containerd.WithProcessKill)
+	}()
+}
+
+// wrap marks errors that mean the container or its task is gone, or containerd is
+// unreachable, as unavailable.
+func (t *target) wrap(err error) error {
+	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) || errors.Is(err, context.Canceled) {
+		return unavailable(fmt.Errorf("container %s: %w", t.id, err))
+	}
+	if strings.Contains(err.Error(), "Unavailable") || strings.Contains(err.Error(), "connection refused") {
+		return unavailable(fmt.Errorf("container %s: %w", t.id, err))
+	}
+	return fmt.Errorf("container %s: %w", t.id, err)
+}
