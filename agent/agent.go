@@ -347,7 +347,7 @@ func (a *Agent) register(cs *containerState, ev runtime.Event) error {
 	inst := prober.Instance{
 		ID: cs.c.Name, Instance: ev.Instance, Target: tg, StartedAt: ev.Time, Adopted: ev.Adopted,
 		Restore: a.restoreFor(cs.c.Name, ev.Instance),
-		Labels: prober.Labels{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Container: cs.c.Container},
+		Labels:  prober.Labels{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Container: cs.c.Container},
 	}
 	for _, t := range service.ProbeTypes {
 		inst.Checks[t] = cs.c.Spec.Check(t)
