@@ -25,6 +25,7 @@ import (
 	"github.com/probe-agent/probe-agent/metrics"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
+	"github.com/probe-agent/probe-agent/runtime/containerd"
 	"github.com/probe-agent/probe-agent/runtime/process"
 	"github.com/probe-agent/probe-agent/service"
 )
@@ -72,6 +73,9 @@ func newRootCmd() *cobra.Command {
 type runFlags struct {
 	config        string
 	runtime       string
+	address       string
+	namespaces    []string
+	stateDir      string
 	listen        string
 	reservedPorts []int
 	backoff       time.Duration
@@ -95,7 +99,10 @@ func newRunCmd() *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.config, "config", "", "service.json with the containers and their checks (required for the process runtime)")
-	fl.StringVar(&f.runtime, "runtime", "process", "container runtime: process")
+	fl.StringVar(&f.runtime, "runtime", "process", "container runtime: process or containerd")
+	fl.StringVar(&f.address, "containerd-address", containerd.DefaultAddress, "containerd socket (containerd runtime)")
+	fl.StringSliceVar(&f.namespaces, "namespaces", nil, "containerd namespaces to watch (default: every namespace)")
+	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/probe-agent", "where probe state, restart counts and back-off survive agent restarts, and logs of containers the agent starts (containerd runtime)")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9469", "address of the metrics and status HTTP server")
 	fl.IntSliceVar(&f.reservedPorts, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
 	fl.DurationVar(&f.backoff, "restart-backoff", runtime.DefaultBackoff, "first restart back-off; doubles per crash")
@@ -130,20 +137,25 @@ func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
 }
 
 func loadService(path string, reserved []int, runtimeName string) (*service.Service, error) {
+	if runtimeName != "process" && runtimeName != "containerd" {
+		return nil, fmt.Errorf("--runtime: %q is not a known runtime (process, containerd)", runtimeName)
+	}
 	if path == "" {
+		if runtimeName == "containerd" {
+			return nil, nil
+		}
 		return nil, errors.New("--config is required")
 	}
 	svc, err := service.ParseFile(path, service.Options{ReservedPorts: reserved})
 	if err != nil {
 		return nil, err
 	}
-	switch runtimeName {
-	case "process":
-		if err := process.Validate(svc); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-	default:
-		return nil, fmt.Errorf("--runtime: %q is not a known runtime (process)", runtimeName)
+	validate := process.Validate
+	if runtimeName == "containerd" {
+		validate = containerd.Validate
+	}
+	if err := validate(svc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return svc, nil
 }
@@ -154,15 +166,21 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
-	if f.runtime != "process" {
-		return fmt.Errorf("--runtime: %q is not a known runtime (process)", f.runtime)
-	}
 	svc, err := loadService(f.config, f.reservedPorts, f.runtime)
 	if err != nil {
 		return err
 	}
 	grace := max(f.grace, agent.MinGracePeriod)
-	rt, err := process.New(svc, grace)
+	var rt runtime.Runtime
+	stateDir := ""
+	switch f.runtime {
+	case "process":
+		rt, err = process.New(svc, grace)
+	case "containerd":
+		stateDir = f.stateDir
+		rt, err = containerd.New(containerd.Options{Address: f.address, Namespaces: f.namespaces, Service: svc,
+			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, Logger: log})
+	}
 	if err != nil {
 		return err
 	}
@@ -176,7 +194,7 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	a = agent.New(agent.Options{
 		Runtime: rt, Logger: log, Metrics: m,
 		Prober:  prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec},
-		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace,
+		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace, StateDir: stateDir,
 	})
 	srv := &http.Server{Handler: a.Handler(m.Registry), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -187,7 +205,7 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log.Info("probe-agent started", zap.String("version", version), zap.String("runtime", f.runtime),
-		zap.String("config", f.config), zap.String("listen", ln.Addr().String()), zap.Int("containers", len(svc.Containers)))
+		zap.String("config", f.config), zap.String("listen", ln.Addr().String()))
 	runErr := a.Run(ctx)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -219,12 +237,15 @@ func newValidateCmd() *cobra.Command {
 				}
 				return exitError{1}
 			}
+			if svc == nil {
+				return errors.New("--config is required")
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d containers)\n", config, len(svc.Containers))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "service.json to check")
-	cmd.Flags().StringVar(&runtimeName, "runtime", "process", "runtime whose requirements apply: process")
+	cmd.Flags().StringVar(&runtimeName, "runtime", "process", "runtime whose requirements apply: process or containerd")
 	cmd.Flags().IntSliceVar(&reserved, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
 	return cmd
 }

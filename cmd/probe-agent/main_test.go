@@ -67,6 +67,21 @@ func TestValidateSyntaxErrorAndMissingFile(t *testing.T) {
 	}
 }
 
+func TestValidateContainerdRuntimeRules(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "service.json")
+	os.WriteFile(cfg, []byte(`{"metadata":{"name":"m"},"containers":[{"name":"ns/pod/app"},{"name":"model","rootfs":"/srv/rootfs"}]}`), 0o644)
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"validate", "--config", cfg, "--runtime", "containerd"}, &out, &out)
+	if code != 1 || !strings.Contains(out.String(), "containers[1].command: required with rootfs") {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", cfg}, &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "containers[0].command: required by the process runtime") {
+		t.Fatalf("process runtime: exit %d: %s", code, out.String())
+	}
+}
+
 func TestVersion(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "probe-agent ") {
