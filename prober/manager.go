@@ -242,22 +242,23 @@ func (m *Manager) Register(inst Instance) {
 	}
 	m.groups[inst.ID] = g
 	if g.started {
-		m.schedule(g.probes[service.Liveness], now)
-		m.schedule(g.probes[service.Readiness], now)
+		m.schedule(g.probes[service.Liveness], now, inst.Adopted)
+		m.schedule(g.probes[service.Readiness], now, inst.Adopted)
 	} else {
-		m.schedule(g.probes[service.Startup], now)
+		m.schedule(g.probes[service.Startup], now, inst.Adopted)
 	}
 }
 
 // schedule arms p for its first run: at the container's start plus the initial delay,
-// and no earlier than now (plus jitter within one period for adopted containers).
-func (m *Manager) schedule(p *probe, now time.Time) {
+// and no earlier than now (plus jitter within one period when spreading the probes of
+// containers the agent adopted).
+func (m *Manager) schedule(p *probe, now time.Time, jitter bool) {
 	if p == nil {
 		return
 	}
 	at := p.g.inst.StartedAt.Add(p.check.InitialDelaySeconds.D())
 	earliest := now
-	if p.g.inst.Adopted {
+	if jitter {
 		earliest = now.Add(time.Duration(rand.Int64N(int64(p.check.PeriodSeconds.D()))))
 	}
 	if at.Before(earliest) {
@@ -400,8 +401,8 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	}
 	if p.typ == service.Startup && p.state.Value == ValueSuccess && !p.g.started {
 		p.g.started = true
-		m.schedule(p.g.probes[service.Liveness], now)
-		m.schedule(p.g.probes[service.Readiness], now)
+		m.schedule(p.g.probes[service.Liveness], now, false)
+		m.schedule(p.g.probes[service.Readiness], now, false)
 	}
 	if p.state.OnHold {
 		return

@@ -91,6 +91,7 @@ type Runtime struct {
 	cleanup   sync.WaitGroup
 
 	mu      sync.Mutex
+	fresh   map[string]bool // containers this agent started itself: not adopted
 	client  *containerd.Client
 	entries map[string]*entry // by name
 	ids     map[string]string // "namespace/id" -> name
@@ -137,7 +138,7 @@ func New(opts Options) (*Runtime, error) {
 		opts.Logger = zap.NewNop()
 	}
 	r := &Runtime{opts: opts, log: opts.Logger, config: map[string]*service.Container{},
-		entries: map[string]*entry{}, ids: map[string]string{}}
+		entries: map[string]*entry{}, ids: map[string]string{}, fresh: map[string]bool{}}
 	if opts.Service != nil {
 		if err := Validate(opts.Service); err != nil {
 			return nil, err
@@ -350,7 +351,7 @@ func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns st
 			}
 			e.inst, e.pid, e.running = inst, pid, true
 			evs = append(evs, runtime.Event{Type: runtime.Started, Name: name, ID: d.id, Instance: inst, PID: pid,
-				Time: started, Adopted: adopting})
+				Time: started, Adopted: adopting && !r.fresh[name]})
 		}
 	case e.running:
 		e.running = false
@@ -667,6 +668,9 @@ func (r *Runtime) Start(ctx context.Context, name string) error {
 	} else if _, ns, id, err = r.lookup(name); err != nil {
 		return err
 	}
+	r.mu.Lock()
+	r.fresh[name] = true
+	r.mu.Unlock()
 	if err := r.newTask(ctx, client, ns, id); err != nil {
 		err = fmt.Errorf("container %s: %w", name, err)
 		r.send([]runtime.Event{{Type: runtime.StartFailed, Name: name, Time: time.Now(), Err: err}})
@@ -676,6 +680,10 @@ func (r *Runtime) Start(ctx context.Context, name string) error {
 }
 
 func (r *Runtime) newTask(ctx context.Context, client *containerd.Client, ns, id string) error {
+	// Creating a task starts a shim; cancelling half-way would orphan it, so the
+	// caller's cancellation does not reach these calls, a timeout bounds them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
 	nctx := namespaces.WithNamespace(ctx, ns)
 	c, err := client.LoadContainer(nctx, id)
 	if err != nil {

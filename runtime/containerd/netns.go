@@ -71,8 +71,8 @@ func dialInNetNS(ctx context.Context, path, network, addr string) (net.Conn, err
 	return conn, err
 }
 
-// firstAddress returns the first non-loopback address of the namespace at path, IPv4
-// first, or 127.0.0.1 when it has none.
+// firstAddress returns the first non-loopback address of the namespace at path (on any
+// interface that is up), IPv4 first, or 127.0.0.1 when it has none.
 func firstAddress(path string) string {
 	var v4, v6 string
 	_ = inNetNS(path, func() error {
@@ -81,7 +81,7 @@ func firstAddress(path string) string {
 			return err
 		}
 		for _, i := range ifs {
-			if i.Flags&net.FlagLoopback != 0 || i.Flags&net.FlagUp == 0 {
+			if i.Flags&net.FlagUp == 0 {
 				continue
 			}
 			addrs, _ := i.Addrs()
@@ -108,8 +108,8 @@ func firstAddress(path string) string {
 	return "127.0.0.1"
 }
 
-// procStartTime returns when a process started, from /proc/<pid>/stat and the boot
-// time in /proc/stat, or ok false.
+// procStartTime returns when a process started: /proc/<pid>/stat gives its start in
+// clock ticks after boot, and CLOCK_BOOTTIME says how long ago that was.
 func procStartTime(pid int) (time.Time, bool) {
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
@@ -125,19 +125,13 @@ func procStartTime(pid int) (time.Time, bool) {
 	if err != nil {
 		return time.Time{}, false
 	}
-	boot, err := os.ReadFile("/proc/stat")
-	if err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return time.Time{}, false
 	}
-	for _, line := range strings.Split(string(boot), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			bt, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return time.Time{}, false
-			}
-			const clockTicks = 100 // USER_HZ on Linux
-			return time.Unix(bt, 0).Add(time.Duration(ticks) * time.Second / clockTicks), true
-		}
-	}
-	return time.Time{}, false
+	now := time.Now()
+	const clockTicks = 100 // USER_HZ on Linux
+	sinceBoot := time.Duration(ts.Nano())
+	started := time.Duration(ticks) * time.Second / clockTicks
+	return now.Add(started - sinceBoot), true
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -218,7 +219,25 @@ func (d *Daemon) cleanup() {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 	}
+	d.killStrays()
 	_ = os.RemoveAll(d.Dir)
+}
+
+// killStrays kills every process still tied to this daemon's directory (shims of
+// tasks that were never fully created, their containers), so no test leaves
+// processes behind.
+func (d *Daemon) killStrays() {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if strings.Contains(string(cmdline), d.Dir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
 
 var (
