@@ -229,7 +229,10 @@ func (a *Agent) handleEvent(ev runtime.Event) {
 	defer a.persist()
 	if ev.Type == runtime.Added {
 		a.added(ev)
-		return
+		if ev.Instance == "" {
+			return
+		}
+		ev.Type = runtime.Started // added while running: start following it at once
 	}
 	cs := a.ctrs[ev.Name]
 	if cs == nil {
@@ -335,7 +338,9 @@ func (a *Agent) added(ev runtime.Event) {
 	if a.m != nil {
 		a.m.SetChecksInvalid(metricsName(cs), c.Err != nil)
 	}
-	a.publish(cs)
+	if ev.Instance == "" {
+		a.publish(cs)
+	}
 }
 
 // register hands a new instance's checks to the probe manager.

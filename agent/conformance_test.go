@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,6 +69,7 @@ type harness struct {
 	a    *Agent
 	logs *observer.ObservedLogs
 	m    *metrics.Metrics
+	stop func() // stops the agent and waits; safe to call twice
 }
 
 // env is one runtime the conformance cases run on, with paths as the container sees
@@ -170,18 +172,22 @@ func runAgent(t *testing.T, opts Options, logs *observer.ObservedLogs, tweak ...
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("agent: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("agent did not shut down")
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("agent did not shut down")
-		}
-	})
-	return &harness{t: t, a: a, logs: logs, m: m}
+		})
+	}
+	t.Cleanup(stop)
+	return &harness{t: t, a: a, logs: logs, m: m, stop: stop}
 }
 
 func (h *harness) status(name string) ContainerStatus {

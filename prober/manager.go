@@ -152,6 +152,9 @@ type probe struct {
 	last    *HistoryEntry
 	history []HistoryEntry // ring
 	next    int
+	// failingLogged is set once a failure that changed nothing (a readiness probe
+	// failing from the start) has been logged, until the next success.
+	failingLogged bool
 }
 
 // NewManager returns a Manager; call Run to start it.
@@ -387,7 +390,21 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 			zap.String("method", p.method), zap.Int("attempts", maxRetries), zap.String("error", r.Output))
 	}
 	from := p.state.Value
-	if p.state.Observe(r.Outcome) {
+	changed := p.state.Observe(r.Outcome)
+	if _, fails := p.state.Consecutive(); !changed && fails >= p.state.FailureThreshold && !p.failingLogged {
+		// A readiness probe that never succeeded publishes no change; say once why the
+		// container is not ready.
+		p.failingLogged = true
+		m.opts.Logger.Warn("probe failing",
+			zap.String("container", inst.ID), zap.String("probe", p.typ.String()), zap.String("method", p.method),
+			zap.Int("consecutive", fails), zap.Int("threshold", p.state.FailureThreshold), zap.String("output", r.Output))
+	} else if r.Outcome == Success || r.Outcome == Warning {
+		p.failingLogged = false
+	}
+	if changed && p.state.Value == ValueFailure {
+		p.failingLogged = true // the transition itself was logged
+	}
+	if changed {
 		succ, fail := p.state.Consecutive()
 		m.transitions = append(m.transitions, Transition{
 			ID: inst.ID, Instance: inst.Instance, Labels: inst.Labels, Type: p.typ, Method: p.method,

@@ -40,7 +40,9 @@ type EventType int
 
 // The events a runtime reports.
 const (
-	// Added: a container became known (configured or discovered).
+	// Added: a container became known (configured or discovered). When it is already
+	// running, the event carries the instance as Started does, so that it is never
+	// seen known but not running.
 	Added EventType = iota
 	// Started: a new instance of the container is running.
 	Started

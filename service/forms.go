@@ -16,9 +16,7 @@ func ParseContainer(data []byte, path string, opts Options) (*Container, error) 
 	var c Container
 	var errs ErrorList
 	decode(root, reflect.ValueOf(&c).Elem(), path, &errs)
-	if len(errs) == 0 {
-		c.validate(path, opts, &errs)
-	}
+	c.validate(path, opts, &errs)
 	if len(errs) > 0 {
 		return nil, dropCascades(errs)
 	}
@@ -45,11 +43,8 @@ func ParseContainers(data []byte, path string, opts Options) (map[string]*Contai
 			continue
 		}
 		var c Container
-		before := len(errs)
 		decode(m.val, reflect.ValueOf(&c).Elem(), p, &errs)
-		if len(errs) == before {
-			c.validate(p, opts, &errs)
-		}
+		c.validate(p, opts, &errs)
 		c.Name = m.key
 		out[m.key] = &c
 	}

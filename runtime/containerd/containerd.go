@@ -350,8 +350,13 @@ func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns st
 				started = time.Now()
 			}
 			e.inst, e.pid, e.running = inst, pid, true
-			evs = append(evs, runtime.Event{Type: runtime.Started, Name: name, ID: d.id, Instance: inst, PID: pid,
-				Time: started, Adopted: adopting && !r.fresh[name]})
+			st := runtime.Event{Type: runtime.Started, Name: name, ID: d.id, Instance: inst, PID: pid,
+				Time: started, Adopted: adopting && !r.fresh[name]}
+			if n := len(evs); n > 0 && evs[n-1].Type == runtime.Added {
+				st.Type, st.Container = runtime.Added, evs[n-1].Container
+				evs = evs[:n-1]
+			}
+			evs = append(evs, st)
 		}
 	case e.running:
 		e.running = false

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
 )
 
 // Require skips the test when containerd cannot run here (not root, binaries missing);
@@ -313,4 +315,25 @@ func copyFile(t testing.TB, from, to string) {
 	if err := os.WriteFile(to, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// RunContainer creates and starts a container from rootfs in namespace ns, as another
+// tool (ctr, nerdctl) would, with labels and the given command.
+func RunContainer(t testing.TB, client *containerd.Client, ns, id, rootfs string, labels map[string]string, args ...string) containerd.Task {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	c, err := client.NewContainer(ctx, id,
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(oci.WithRootFSPath(rootfs), oci.WithDefaultPathEnv, oci.WithProcessArgs(args...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return task
 }

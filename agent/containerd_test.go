@@ -1,0 +1,265 @@
+package agent
+
+import (
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/probe-agent/probe-agent/prober"
+	"github.com/probe-agent/probe-agent/runtime/containerd"
+	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// containerdAgent runs an agent on the containerd runtime of env e with an optional
+// service.json containers array (entries get e's rootfs) and a state directory.
+func containerdAgent(t *testing.T, e *env, containers, stateDir string) *harness {
+	t.Helper()
+	var svc *service.Service
+	if containers != "" {
+		var err error
+		doc := `{"metadata":{"name":"ctrd"},"containers":[` + containers + `]}`
+		if svc, err = service.Parse([]byte(doc), service.Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	log := zap.New(core)
+	rt, err := containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runAgent(t, Options{Runtime: rt, Logger: log, Backoff: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
+		GracePeriod: MinGracePeriod, Prober: prober.Options{Workers: 8}, StateDir: stateDir}, logs)
+}
+
+func containerdEnv(t *testing.T) *env {
+	t.Helper()
+	ctrdtest.Require(t)
+	containerdSlots <- struct{}{}
+	t.Cleanup(func() { <-containerdSlots })
+	return newContainerdEnv(t)
+}
+
+func (h *harness) waitFor(name string, within time.Duration, what string, cond func(ContainerStatus) bool) ContainerStatus {
+	h.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		s, ok := h.a.Container(name)
+		if ok && cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %s of %s; status %+v\nlogs:\n%s", what, name, s, h.logTail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestIntegrationContainerdExplainsLoopbackOnlyServer(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	h := containerdAgent(t, e, `{"name":"c","rootfs":`+quote(e.rootfs)+`,"command":`+quote(e.bin+" --bind 127.0.0.1 --port 8000")+`,
+		"readiness_check":{"http_get":{"path":"/health","port":8000},"initial_delay_seconds":1,"period_seconds":0.2}}`, t.TempDir())
+	s := h.waitFor("c", 10*time.Second, "running", func(s ContainerStatus) bool { return s.PID != 0 })
+	// Give the container's network namespace an address that is not loopback, as a
+	// pod network would; probes target it, the server only listens on 127.0.0.1.
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(s.PID), "-n", "ip", "addr", "add", "192.0.2.10/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("adding an address: %v: %s", err, out)
+	}
+	want := "listening on 127.0.0.1:8000 only; bind 0.0.0.0"
+	s = h.waitFor("c", 10*time.Second, "the explanation", func(s ContainerStatus) bool {
+		return strings.Contains(s.Probes["readiness"].LastOutput, want)
+	})
+	if !strings.Contains(s.Probes["readiness"].LastOutput, "192.0.2.10:8000") || s.Ready {
+		t.Fatalf("readiness %+v", s.Probes["readiness"])
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		logged := false
+		for _, l := range h.logs.FilterMessage("probe failing").All() {
+			logged = logged || strings.Contains(fmt.Sprint(l.ContextMap()["output"]), want)
+		}
+		if logged {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with the explanation:\n%s", h.logTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIntegrationContainerdBadLabelReportedForThatContainerOnly(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	ctrdtest.RunContainer(t, client, "default", "good", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.2}}`}, "sleep", "600")
+	ctrdtest.RunContainer(t, client, "default", "bad", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"tcp_socket":{"port":0}},"colour":"red"}`}, "sleep", "600")
+	ctrdtest.RunContainer(t, client, "default", "unlabelled", e.rootfs, nil, "sleep", "600")
+	h := containerdAgent(t, e, "", t.TempDir())
+	h.waitFor("good", 10*time.Second, "ready", ready)
+	bad := h.waitFor("bad", 10*time.Second, "listed", func(s ContainerStatus) bool { return s.Message != "" })
+	for _, want := range []string{`container default/bad label "probe-agent.io/checks".colour: unknown field`,
+		`label "probe-agent.io/checks".readiness_check.tcp_socket.port: required`} {
+		if !strings.Contains(bad.Message, want) {
+			t.Errorf("message %q lacks %q", bad.Message, want)
+		}
+	}
+	if bad.Ready || len(bad.Probes) != 0 || bad.State != StateRunning {
+		t.Fatalf("bad container %+v", bad)
+	}
+	if v := metricValue(t, h, "probe_agent_container_checks_invalid", "bad"); v != 1 {
+		t.Fatalf("checks_invalid for bad = %v", v)
+	}
+	if v := metricValue(t, h, "probe_agent_container_checks_invalid", "good"); v != 0 {
+		t.Fatalf("checks_invalid for good = %v", v)
+	}
+	if _, ok := h.a.Container("unlabelled"); ok {
+		t.Fatal("a container without checks is listed")
+	}
+	if h.logs.FilterMessage("container checks invalid").Len() != 1 {
+		t.Fatalf("want one log line for the bad label:\n%s", h.logTail())
+	}
+	h.consistently(500*time.Millisecond, "good stays ready", func(ContainerStatus) bool {
+		s, _ := h.a.Container("good")
+		return s.Ready
+	})
+}
+
+// metricValue reads one container's series of a gauge from the agent's registry.
+func metricValue(t *testing.T, h *harness, name, container string) float64 {
+	t.Helper()
+	mfs, err := h.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "container" && l.GetValue() == container {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s series for %s", name, container)
+	return 0
+}
+
+func TestIntegrationContainerdDaemonRestartLosesNothing(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	ctrdtest.RunContainer(t, client, "default", "labelled", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"http_get":{"path":"/health","port":8000},"period_seconds":0.2},
+			"liveness_check":{"exec":{"command":["true"]},"period_seconds":0.2}}`}, e.bin, "--port", "8000")
+	h := containerdAgent(t, e, `{"name":"owned","rootfs":`+quote(e.rootfs)+`,"command":`+quote(e.bin+" --port 8000")+`,
+		"readiness_check":{"tcp_socket":{"port":8000},"period_seconds":0.2},
+		"liveness_check":{"exec":{"command":["true"]},"period_seconds":0.2}}`, t.TempDir())
+	for _, n := range []string{"labelled", "owned"} {
+		h.waitFor(n, 10*time.Second, "ready", ready)
+	}
+	const probes = 4 // two containers, two checks each
+	pids := map[string]int{}
+	for _, n := range []string{"labelled", "owned"} {
+		s, _ := h.a.Container(n)
+		pids[n] = s.PID
+	}
+
+	e.daemon.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.a.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still true with containerd down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	if len(h.a.Containers()) != 2 {
+		t.Fatalf("containers lost while containerd is down: %+v", h.a.Containers())
+	}
+	e.daemon.Restart()
+	deadline = time.Now().Add(20 * time.Second)
+	for !h.a.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not reconnect:\n%s", h.logTail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	for _, n := range []string{"labelled", "owned"} {
+		s := h.waitFor(n, 5*time.Second, "ready again", ready)
+		if s.RestartCount != 0 || s.PID != pids[n] {
+			t.Errorf("%s restarted across the containerd restart: %+v", n, s)
+		}
+	}
+	if got := h.a.Manager().Scheduled(); got > probes {
+		t.Errorf("%d probes scheduled after reconnecting for %d checks: duplicate workers", got, probes)
+	}
+	if n := h.logs.FilterMessage("containerd connected").Len(); n != 2 {
+		t.Errorf("connected %d times, want 2", n)
+	}
+	if n := h.logs.FilterMessage("stopping container, will be restarted").Len(); n != 0 {
+		t.Errorf("healthy containers were stopped:\n%s", h.logTail())
+	}
+}
+
+func TestIntegrationContainerdAgentRestartKeepsState(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	stateDir := t.TempDir()
+	spec := `{"name":"model","rootfs":` + quote(e.rootfs) + `,"command":` + quote(e.bin+" --port 8000") + `,
+		"startup_check":{"tcp_socket":{"port":8000},"period_seconds":0.1,"failure_threshold":50},
+		"readiness_check":{"http_get":{"path":"/health","port":8000},"period_seconds":0.3},
+		"liveness_check":{"exec":{"command":["sh","-c","test -f /tmp/once || { touch /tmp/once; exit 1; }"]},"period_seconds":0.3}}`
+	first := containerdAgent(t, e, spec, stateDir)
+	s := first.waitFor("model", 20*time.Second, "ready after one liveness restart", func(s ContainerStatus) bool {
+		return s.Ready && s.RestartCount == 1
+	})
+	pid := s.PID
+	stopAgent(t, first)
+
+	second := containerdAgent(t, e, spec, stateDir)
+	seen := false
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, ok := second.a.Container("model"); ok {
+			seen = true
+			if !s.Ready || !s.Started || s.RestartCount != 1 || s.PID != pid {
+				t.Fatalf("after the agent restart: %+v", s)
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !seen {
+		t.Fatal("the container was not found again")
+	}
+	for _, msg := range []string{"probe transition", "stopping container, will be restarted", "restarting container"} {
+		if n := second.logs.FilterMessage(msg).Len(); n != 0 {
+			t.Errorf("%d %q lines after the agent restart:\n%s", n, msg, second.logTail())
+		}
+	}
+	if st, _ := second.a.Manager().Status("model"); len(st.Probes[service.Startup].History) != 0 {
+		t.Errorf("startup probed again after the agent restart")
+	}
+}
+
+// stopAgent stops a harness's agent now rather than at the end of the test.
+func stopAgent(t *testing.T, h *harness) {
+	t.Helper()
+	if h.stop == nil {
+		t.Fatal("no stop function")
+	}
+	h.stop()
+}
