@@ -93,8 +93,6 @@ func (e *env) server(args ...string) string {
 	return quote(e.bin + " --bind " + bind + " --port " + strconv.Itoa(e.port) + " " + strings.Join(args, " "))
 }
 
-func (e *env) portJSON() string { return strconv.Itoa(e.port) }
-
 // containerdSlots bounds how many private containerd daemons run at once.
 var containerdSlots = make(chan struct{}, 3)
 
