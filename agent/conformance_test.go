@@ -76,12 +76,13 @@ type harness struct {
 // them: the process runtime runs on the host; the containerd runtime runs each test's
 // containers from its own rootfs under a private containerd.
 type env struct {
-	kind   string
-	dir    string // a directory for the container's files
-	bin    string // the sample server
-	port   int
-	rootfs string
-	daemon *ctrdtest.Daemon
+	kind     string
+	dir      string // a directory for the container's files
+	bin      string // the sample server
+	port     int
+	grpcPort int
+	rootfs   string
+	daemon   *ctrdtest.Daemon
 }
 
 // server is the command line of a sample server on the env's port.
@@ -100,7 +101,7 @@ var containerdSlots = make(chan struct{}, 3)
 func runtimes(t *testing.T, f func(t *testing.T, e *env)) {
 	t.Run("process", func(t *testing.T) {
 		t.Parallel()
-		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t)})
+		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t), grpcPort: freePort(t)})
 	})
 	t.Run("containerd", func(t *testing.T) {
 		t.Parallel()
@@ -115,7 +116,7 @@ func newContainerdEnv(t *testing.T) *env {
 	t.Helper()
 	d := ctrdtest.Start(t)
 	bin := ctrdtest.BuildStatic(t, "cmd/sample-server")
-	return &env{kind: "containerd", dir: "/tmp", bin: "/bin/" + filepath.Base(bin), port: 8000,
+	return &env{kind: "containerd", dir: "/tmp", bin: "/bin/" + filepath.Base(bin), port: 8000, grpcPort: 9000,
 		rootfs: ctrdtest.Rootfs(t, bin), daemon: d}
 }
 
@@ -501,6 +502,22 @@ func TestIntegrationOtherHostRedirectIsSuccessWithWarning(t *testing.T) {
 		h.consistently(time.Second, "no restart", notRestarted)
 		if n := h.logs.FilterMessage("probe warning").Len(); n != 1 {
 			t.Fatalf("%d warning log lines, want one for a repeated warning", n)
+		}
+	})
+}
+
+func TestIntegrationGRPCReadiness(t *testing.T) {
+	runtimes(t, func(t *testing.T, e *env) {
+		g := strconv.Itoa(e.grpcPort)
+		h := startAgent(t, e, `{"name":"c","command":`+e.server("--grpc-port "+g+" --fail-after 1.5s")+`,
+			"readiness_check":{"grpc":{"port":`+g+`,"service":"model"},"period_seconds":0.1,"failure_threshold":1,"timeout_seconds":5}}`)
+		h.eventually(10*time.Second, "ready over gRPC", ready)
+		s := h.eventually(10*time.Second, "not ready once NOT_SERVING", notReady)
+		if out := s.Probes["readiness"].LastOutput; !strings.Contains(out, "NOT_SERVING") {
+			t.Fatalf("readiness output %q", out)
+		}
+		if s.RestartCount != 0 {
+			t.Fatal("a readiness failure restarted the container")
 		}
 	})
 }

@@ -3,11 +3,12 @@
 // start), answers POST / with a prediction and GET /health with its health, and it can
 // be made to fail: after FAIL_AFTER_SECONDS, or at once with POST /fail.
 //
-//	sample-server [--port 8000] [--bind 0.0.0.0] [--load 3s] [--fail-after 25s] [--failing]
+//	sample-server [--port 8000] [--grpc-port 0] [--bind 0.0.0.0] [--load 3s] [--fail-after 25s] [--failing]
 //	sample-server check --url http://127.0.0.1:8000/health
 //
 // LOAD_SECONDS and FAIL_AFTER_SECONDS set --load and --fail-after from the environment.
-// For tests, GET /status/{code} answers with that status and GET /redirect?to=URL
+// With --grpc-port it also serves grpc.health.v1, SERVING while healthy and NOT_SERVING
+// once failing. For tests, GET /status/{code} answers with that status and GET /redirect?to=URL
 // redirects there.
 package main
 
@@ -27,6 +28,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func main() {
@@ -35,6 +40,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet("sample-server", flag.ExitOnError)
 	port := fs.Int("port", envInt("PORT", 8000), "port to listen on")
+	grpcPort := fs.Int("grpc-port", 0, "port for the gRPC health service (0: none)")
 	bind := fs.String("bind", "0.0.0.0", "address to bind")
 	load := fs.Duration("load", envSeconds("LOAD_SECONDS", 0), "time to load the model before listening")
 	failAfter := fs.Duration("fail-after", envSeconds("FAIL_AFTER_SECONDS", 0), "start failing /health this long after listening (0: never)")
@@ -51,20 +57,30 @@ func main() {
 	case <-ctx.Done():
 		return
 	}
-	var unhealthy atomic.Bool
-	unhealthy.Store(*failing)
+	h := newHealth(*failing)
 	ln, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*port)))
 	if err != nil {
 		log.Fatal(err)
 	}
 	log.Printf("model loaded; listening on %s", ln.Addr())
+	if *grpcPort != 0 {
+		gln, err := net.Listen("tcp", net.JoinHostPort(*bind, strconv.Itoa(*grpcPort)))
+		if err != nil {
+			log.Fatal(err)
+		}
+		gs := grpc.NewServer()
+		healthpb.RegisterHealthServer(gs, h.grpc)
+		go func() { _ = gs.Serve(gln) }()
+		defer gs.Stop()
+		log.Printf("gRPC health on %s", gln.Addr())
+	}
 	if *failAfter > 0 {
 		time.AfterFunc(*failAfter, func() {
 			log.Printf("simulating a wedged model: /health now fails")
-			unhealthy.Store(true)
+			h.set(false)
 		})
 	}
-	srv := &http.Server{Handler: handler(&unhealthy), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler(h), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		log.Printf("shutting down")
@@ -77,10 +93,32 @@ func main() {
 	}
 }
 
-func handler(unhealthy *atomic.Bool) http.Handler {
+// health is the server's health, as HTTP and as gRPC see it.
+type health struct {
+	unhealthy atomic.Bool
+	grpc      *grpchealth.Server
+}
+
+func newHealth(failing bool) *health {
+	h := &health{grpc: grpchealth.NewServer()}
+	h.set(!failing)
+	return h
+}
+
+func (h *health) set(healthy bool) {
+	h.unhealthy.Store(!healthy)
+	status := healthpb.HealthCheckResponse_SERVING
+	if !healthy {
+		status = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	h.grpc.SetServingStatus("", status)
+	h.grpc.SetServingStatus("model", status)
+}
+
+func handler(h *health) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
-		if unhealthy.Load() {
+		if h.unhealthy.Load() {
 			http.Error(w, "model unhealthy", http.StatusInternalServerError)
 			return
 		}
@@ -92,11 +130,11 @@ func handler(unhealthy *atomic.Bool) http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"prediction": len(body) % 10, "input_bytes": len(body)})
 	})
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
-		unhealthy.Store(true)
+		h.set(false)
 		fmt.Fprintln(w, "failing")
 	})
 	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) {
-		unhealthy.Store(false)
+		h.set(true)
 		fmt.Fprintln(w, "recovered")
 	})
 	mux.HandleFunc("GET /status/{code}", func(w http.ResponseWriter, r *http.Request) {

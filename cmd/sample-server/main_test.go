@@ -4,13 +4,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 )
 
 func TestSampleServerEndpoints(t *testing.T) {
-	var unhealthy atomic.Bool
-	srv := httptest.NewServer(handler(&unhealthy))
+	h := newHealth(false)
+	srv := httptest.NewServer(handler(h))
 	defer srv.Close()
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	do := func(method, path string) int {
@@ -44,7 +43,7 @@ func TestSampleServerEndpoints(t *testing.T) {
 	if code := check([]string{"--url", srv.URL + "/health"}); code != 0 {
 		t.Fatalf("check on a healthy server exited %d", code)
 	}
-	unhealthy.Store(true)
+	h.set(false)
 	if code := check([]string{"--url", srv.URL + "/health"}); code != 1 {
 		t.Fatalf("check on a failing server exited %d", code)
 	}
