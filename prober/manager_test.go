@@ -322,3 +322,47 @@ func TestRestoredStateKeepsStartedAndReady(t *testing.T) {
 		t.Fatalf("transitions after restore: %+v", trs)
 	}
 }
+
+// TestExecConcurrencyCapped checks that no more exec probes run at once than allowed,
+// however many are due together.
+func TestExecConcurrencyCapped(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, Options{Workers: 16, MaxConcurrentExec: 2})
+	var running, peak atomic.Int32
+	tg := newScript(func(string, int) (int, error) { return 0, nil })
+	tg.hold = 50 * time.Millisecond
+	counting := &countingTarget{scriptTarget: tg, running: &running, peak: &peak}
+	for i := range 10 {
+		c := execCheck(service.Readiness, fmt.Sprint("e", i), time.Second, 0)
+		c.TimeoutSeconds = service.Seconds(5 * time.Second)
+		m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: counting, StartedAt: time.Now(),
+			Checks: [3]*service.Check{service.Readiness: c}})
+	}
+	waitFor(t, "every exec run", func() bool {
+		n := 0
+		for i := range 10 {
+			n += len(tg.times(fmt.Sprint("e", i)))
+		}
+		return n >= 10
+	})
+	if p := peak.Load(); p != 2 {
+		t.Fatalf("peak concurrent execs %d, want the cap of 2", p)
+	}
+}
+
+type countingTarget struct {
+	*scriptTarget
+	running, peak *atomic.Int32
+}
+
+func (c *countingTarget) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
+	n := c.running.Add(1)
+	defer c.running.Add(-1)
+	for {
+		p := c.peak.Load()
+		if n <= p || c.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	return c.scriptTarget.Exec(ctx, argv, out)
+}

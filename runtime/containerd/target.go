@@ -60,6 +60,9 @@ type target struct {
 
 	hostOnce sync.Once
 	host     string
+
+	taskMu sync.Mutex
+	task   containerd.Task // loaded on first exec; the instance's task never changes
 }
 
 func (t *target) netnsPath() string { return "/proc/" + strconv.Itoa(t.pid) + "/ns/net" }
@@ -108,11 +111,7 @@ func execID() string {
 // deleted in the background.
 func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
 	nctx := namespaces.WithNamespace(ctx, t.ns)
-	c, err := t.client.LoadContainer(nctx, t.id)
-	if err != nil {
-		return -1, t.wrap(err)
-	}
-	task, err := c.Task(nctx, nil)
+	task, err := t.loadTask(nctx)
 	if err != nil {
 		return -1, t.wrap(err)
 	}
@@ -159,6 +158,28 @@ func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		t.drain(proc)
 		return -1, ctx.Err()
 	}
+}
+
+// loadTask returns the instance's task, loading it once.
+func (t *target) loadTask(nctx context.Context) (containerd.Task, error) {
+	t.taskMu.Lock()
+	defer t.taskMu.Unlock()
+	if t.task != nil {
+		return t.task, nil
+	}
+	c, err := t.client.LoadContainer(nctx, t.id)
+	if err != nil {
+		return nil, err
+	}
+	task, err := c.Task(nctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	if int(task.Pid()) != t.pid {
+		return nil, errdefs.ErrNotFound // a newer instance: this one is gone
+	}
+	t.task = task
+	return task, nil
 }
 
 // drain waits a little for the output copy to finish, then abandons it.
