@@ -99,4 +99,3 @@ func BenchmarkExecAgainstBareClient(b *testing.B) {
 	b.ReportMetric(float64(bareCPU.Microseconds())/n, "bare-cpu-µs/exec")
 	b.ReportMetric(float64(agentCPU)/float64(bareCPU), "cpu-ratio")
 }
-
