@@ -263,3 +263,24 @@ func stopAgent(t *testing.T, h *harness) {
 	}
 	h.stop()
 }
+
+func TestIntegrationContainerdCreatesContainersFromImages(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	ctrdtest.ImportImage(t, client, containerd.OwnedNamespace, "docker.io/local/model:1", e.rootfs, []string{e.bin, "--port", "8000"})
+	h := containerdAgent(t, e, `{"name":"from-image","image":"docker.io/local/model:1","env":[{"name":"LOAD_SECONDS","value":"0.2"}],
+		"readiness_check":{"http_get":{"path":"/health","port":8000},"period_seconds":0.1}},
+		{"name":"missing","image":"docker.io/local/absent:1","readiness_check":{"tcp_socket":{"port":8000}}}`, t.TempDir())
+	s := h.waitFor("from-image", 20*time.Second, "ready", ready)
+	if s.ID != "from-image" {
+		t.Fatalf("status %+v", s)
+	}
+	m := h.waitFor("missing", 10*time.Second, "an error", func(s ContainerStatus) bool { return s.State == StateError || s.State == StateBackoff })
+	if !strings.Contains(m.Message, "not in containerd's image store") && !strings.Contains(m.Message, "back-off") {
+		t.Fatalf("message %q", m.Message)
+	}
+	if h.logs.FilterMessage("container could not start").Len() == 0 {
+		t.Fatal("no log line for the missing image")
+	}
+}

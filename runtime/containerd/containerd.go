@@ -283,6 +283,9 @@ func (r *Runtime) reconcile(ctx context.Context, client *containerd.Client, adop
 	var evs []runtime.Event
 	r.mu.Lock()
 	for name, e := range r.entries {
+		if cfg := r.config[name]; cfg != nil && (cfg.Rootfs != "" || cfg.Image != "") {
+			continue // the agent's own: known from its service.json even before it exists
+		}
 		if !seen[name] {
 			evs = append(evs, r.remove(name, e)...)
 		}
