@@ -284,3 +284,46 @@ func TestIntegrationContainerdCreatesContainersFromImages(t *testing.T) {
 		t.Fatal("no log line for the missing image")
 	}
 }
+
+func TestIntegrationContainerdLabelledContainerRestartedInPlace(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	task := ctrdtest.RunContainer(t, client, "default", "web", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"liveness_check":{"exec":{"command":["sh","-c",
+			"test -f /tmp/once || { touch /tmp/once; exit 1; }"]},"period_seconds":0.2}}`}, "sleep", "600")
+	h := containerdAgent(t, e, "", t.TempDir())
+	s := h.waitFor("web", 20*time.Second, "restarted in place", func(s ContainerStatus) bool {
+		return s.RestartCount == 1 && s.State == StateRunning && s.PID != 0
+	})
+	if s.ID != "web" || s.PID == int(task.Pid()) {
+		t.Fatalf("status %+v: want the same container with a new task", s)
+	}
+	h.consistently(time.Second, "healthy after the restart", func(ContainerStatus) bool {
+		s, _ := h.a.Container("web")
+		return s.RestartCount == 1 && s.State == StateRunning
+	})
+}
+
+func TestIntegrationContainerdLeavesRestartMonitorContainersToContainerd(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	// containerd's restart monitor (1.6: every 10 s) starts containers labelled with
+	// a desired status of running; the agent only stops them.
+	ctrdtest.RunContainer(t, client, "default", "monitored", e.rootfs, map[string]string{
+		"containerd.io/restart.status": "running",
+		containerd.LabelChecks: `{"liveness_check":{"exec":{"command":["sh","-c",
+			"test -f /tmp/once || { touch /tmp/once; exit 1; }"]},"period_seconds":0.2}}`}, "sleep", "600")
+	h := containerdAgent(t, e, "", t.TempDir())
+	s := h.waitFor("monitored", 10*time.Second, "stopped", func(s ContainerStatus) bool { return s.State == StateExited })
+	if !strings.Contains(s.Message, "containerd restart monitor") {
+		t.Fatalf("message %q", s.Message)
+	}
+	h.waitFor("monitored", 30*time.Second, "restarted by containerd and followed", func(s ContainerStatus) bool {
+		return s.State == StateRunning && s.RestartCount == 1
+	})
+	if n := h.logs.FilterMessage("restarting container").Len(); n != 0 {
+		t.Fatalf("the agent restarted it too:\n%s", h.logTail())
+	}
+}
