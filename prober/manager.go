@@ -431,8 +431,12 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	if !next.After(now) {
 		next = next.Add((now.Sub(next)/period + 1) * period)
 	}
-	m.driver.Add(&p.timer, next)
+	m.driver.AddSlack(&p.timer, next, Slack(period))
 }
+
+// Slack is how late a periodic probe may run so that probes share wake-ups: 1% of its
+// period, at most 100 ms. First probes (initial delay, startup success) are exact.
+func Slack(period time.Duration) time.Duration { return min(period/100, 100*time.Millisecond) }
 
 func (p *probe) record(e HistoryEntry, n int) {
 	if len(e.Output) > 256 {

@@ -49,8 +49,16 @@ func (d *Driver) tickAt(t time.Time) int64 {
 func (d *Driver) timeOf(tick int64) time.Time { return d.epoch.Add(time.Duration(tick) * d.res) }
 
 // Add sets t to fire at time at, moving it if it is pending.
-func (d *Driver) Add(t *Timer, at time.Time) {
+func (d *Driver) Add(t *Timer, at time.Time) { d.AddSlack(t, at, 0) }
+
+// AddSlack sets t to fire at time at or up to slack later: the due time is rounded up to
+// a multiple of slack, so that timers with the same slack share wake-ups (the kernel's
+// implicit batching). A slack under two ticks is ignored.
+func (d *Driver) AddSlack(t *Timer, at time.Time, slack time.Duration) {
 	tick := d.tickAt(at)
+	if g := int64(slack / d.res); g >= 2 {
+		tick = (tick + g - 1) / g * g
+	}
 	d.mu.Lock()
 	d.w.Add(t, tick)
 	wake := tick < d.sleepUntil

@@ -41,6 +41,69 @@ func BenchmarkReArm(b *testing.B) {
 	}
 }
 
+// BenchmarkInsert adds timers, in rounds of 100k into an empty wheel.
+func BenchmarkInsert(b *testing.B) {
+	ts := make([]Timer, pending)
+	w := New(0)
+	b.ReportAllocs()
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		*w = Wheel{}
+		n := min(pending, b.N-done)
+		clear(ts)
+		b.StartTimer()
+		for i := range n {
+			w.Add(&ts[i], int64(1+(i*7919)%10_000))
+		}
+		done += n
+	}
+}
+
+// BenchmarkCancel removes timers, in rounds of 100k from a wheel holding them.
+func BenchmarkCancel(b *testing.B) {
+	ts := make([]Timer, pending)
+	w := New(0)
+	b.ReportAllocs()
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		*w = Wheel{}
+		n := min(pending, b.N-done)
+		for i := range n {
+			w.Add(&ts[i], int64(1+(i*7919)%10_000))
+		}
+		b.StartTimer()
+		for i := range n {
+			w.Cancel(&ts[i])
+		}
+		done += n
+	}
+}
+
+// BenchmarkExpireOnly fires timers, cascades included: rounds of 100k timers spread
+// over ten seconds of 1 ms ticks, with nothing re-armed.
+func BenchmarkExpireOnly(b *testing.B) {
+	ts := make([]Timer, pending)
+	r := rand.New(rand.NewPCG(5, 6))
+	fired := 0
+	fire := func(*Timer) { fired++ }
+	w := New(0)
+	b.ReportAllocs()
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		*w = Wheel{}
+		n := min(pending, b.N-done)
+		for i := range n {
+			w.Add(&ts[i], 1+r.Int64N(10_000))
+		}
+		b.StartTimer()
+		w.Advance(10_001, fire)
+		done += n
+	}
+	if fired != b.N {
+		b.Fatalf("fired %d of %d", fired, b.N)
+	}
+}
+
 // BenchmarkExpire measures the cost per fired timer, cascades included, with each
 // fired timer re-armed one period (10 s) later so the wheel stays at 100k.
 func BenchmarkExpire(b *testing.B) {
