@@ -46,6 +46,7 @@ func BenchmarkInsert(b *testing.B) {
 	ts := make([]Timer, pending)
 	w := New(0)
 	b.ReportAllocs()
+	b.ResetTimer()
 	for done := 0; done < b.N; {
 		b.StopTimer()
 		*w = Wheel{}
@@ -64,6 +65,7 @@ func BenchmarkCancel(b *testing.B) {
 	ts := make([]Timer, pending)
 	w := New(0)
 	b.ReportAllocs()
+	b.ResetTimer()
 	for done := 0; done < b.N; {
 		b.StopTimer()
 		*w = Wheel{}
@@ -88,6 +90,7 @@ func BenchmarkExpireOnly(b *testing.B) {
 	fire := func(*Timer) { fired++ }
 	w := New(0)
 	b.ReportAllocs()
+	b.ResetTimer()
 	for done := 0; done < b.N; {
 		b.StopTimer()
 		*w = Wheel{}
