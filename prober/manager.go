@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/probe-agent/probe-agent/prober/pool"
 	"github.com/probe-agent/probe-agent/prober/wheel"
 	"github.com/probe-agent/probe-agent/service"
 )
@@ -123,11 +124,10 @@ type Manager struct {
 	driver *wheel.Driver
 	execs  *semaphore.Weighted
 
+	pool *pool.Pool[*probe]
+
 	mu          sync.Mutex
 	groups      map[string]*group
-	queue       []*probe
-	queueCond   *sync.Cond
-	closed      bool
 	transitions []Transition
 	notify      chan struct{}
 }
@@ -183,7 +183,7 @@ func NewManager(opts Options) *Manager {
 		groups: map[string]*group{},
 		notify: make(chan struct{}, 1),
 	}
-	m.queueCond = sync.NewCond(&m.mu)
+	m.pool = pool.New(opts.Workers, m.work)
 	m.driver = wheel.NewDriver(opts.Clock, opts.Resolution, m.fire)
 	return m
 }
@@ -193,18 +193,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		m.driver.Run(ctx)
-		m.mu.Lock()
-		m.closed = true
-		m.queueCond.Broadcast()
-		m.mu.Unlock()
 		return nil
 	})
-	for range m.opts.Workers {
-		g.Go(func() error {
-			m.work(ctx)
-			return nil
-		})
-	}
+	g.Go(func() error { return m.pool.Run(ctx) })
 	return g.Wait()
 }
 
@@ -260,14 +251,21 @@ func (m *Manager) schedule(p *probe, now time.Time, jitter bool) {
 		return
 	}
 	at := p.g.inst.StartedAt.Add(p.check.InitialDelaySeconds.D())
-	earliest := now
-	if jitter {
-		earliest = now.Add(time.Duration(rand.Int64N(int64(p.check.PeriodSeconds.D()))))
+	if !jitter {
+		m.driver.Add(&p.timer, later(at, now))
+		return
 	}
-	if at.Before(earliest) {
-		at = earliest
+	// A jittered first run is arbitrary within its period anyway: let it share
+	// wake-ups like a periodic one.
+	period := p.check.PeriodSeconds.D()
+	m.driver.AddSlack(&p.timer, later(at, now.Add(time.Duration(rand.Int64N(int64(period))))), Slack(period))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
 	}
-	m.driver.Add(&p.timer, at)
+	return b
 }
 
 // Unregister stops every probe of a container; results of probes still running are
@@ -313,33 +311,24 @@ func (m *Manager) fire(t *wheel.Timer, due time.Time) {
 		r.ObserveLateness(m.opts.Clock.Since(due))
 	}
 	m.mu.Lock()
-	if !p.stopped && !p.queued {
+	push := !p.stopped && !p.queued
+	if push {
 		p.queued, p.due = true, due
-		m.queue = append(m.queue, p)
-		m.queueCond.Signal()
 	}
 	m.mu.Unlock()
+	if push {
+		m.pool.Push(p)
+	}
 }
 
-func (m *Manager) work(ctx context.Context) {
-	for {
-		m.mu.Lock()
-		for len(m.queue) == 0 && !m.closed {
-			m.queueCond.Wait()
-		}
-		if m.closed {
-			m.mu.Unlock()
-			return
-		}
-		p := m.queue[0]
-		m.queue[0] = nil
-		m.queue = m.queue[1:]
-		p.queued = false
-		stopped := p.stopped
-		m.mu.Unlock()
-		if !stopped {
-			m.runProbe(ctx, p)
-		}
+// work runs one due probe on a pool worker.
+func (m *Manager) work(ctx context.Context, p *probe) {
+	m.mu.Lock()
+	p.queued = false
+	stopped := p.stopped
+	m.mu.Unlock()
+	if !stopped {
+		m.runProbe(ctx, p)
 	}
 }
 

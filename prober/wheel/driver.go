@@ -100,7 +100,7 @@ func (d *Driver) Run(ctx context.Context) {
 		now := d.clock.Now()
 		d.mu.Lock()
 		d.w.Advance(d.floorTick(now), d.collect)
-		next, ok := d.w.NextExpiry()
+		next, ok := d.w.NextFire()
 		d.sleepUntil = math.MaxInt64
 		if ok {
 			d.sleepUntil = next

@@ -18,7 +18,8 @@
 // Cost per operation: Add and Cancel are O(1) (a leading-zero count, a list link and a
 // bitmap bit); each expired timer is touched at most once per level while cascading;
 // NextExpiry is O(levels) bitmap scans and never walks empty slots, which is what lets
-// the driver sleep until the next non-empty slot instead of ticking. Timers are
+// the driver sleep until the next non-empty slot instead of ticking; NextFire adds a
+// scan of that one slot so that the driver does not wake just to cascade. Timers are
 // intrusive list nodes owned by the caller, so steady-state operation allocates nothing.
 //
 // A Wheel is not safe for concurrent use; the Driver adds the locking.
@@ -152,6 +153,24 @@ func (w *Wheel) next() (at int64, level int, slot uint8, ok bool) {
 func (w *Wheel) NextExpiry() (tick int64, ok bool) {
 	at, _, _, ok := w.next()
 	return at, ok
+}
+
+// NextFire returns the tick at which the earliest pending timer expires (Now if it is
+// overdue). Unlike NextExpiry it never names a tick where timers only cascade, so a
+// driver sleeping until it wakes only to fire. It scans one slot: the earliest timer
+// is in the first non-empty slot of the lowest non-empty level.
+func (w *Wheel) NextFire() (tick int64, ok bool) {
+	at, level, slot, ok := w.next()
+	if !ok || level == 0 {
+		return at, ok
+	}
+	first := int64(-1)
+	for t := w.slots[level][slot]; t != nil; t = t.next {
+		if first < 0 || t.when < first {
+			first = t.when
+		}
+	}
+	return max(first, at), true
 }
 
 // Advance moves the wheel's time to now and calls fire for every timer that expires at

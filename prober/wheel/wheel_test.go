@@ -196,6 +196,15 @@ func TestAgainstModel(t *testing.T) {
 		if w.Len() != len(due) {
 			t.Fatalf("len %d, model %d", w.Len(), len(due))
 		}
+		earliest := int64(-1)
+		for _, when := range due {
+			if earliest < 0 || when < earliest {
+				earliest = when
+			}
+		}
+		if got, ok := w.NextFire(); ok != (earliest >= 0) || (ok && got != max(min(earliest, w.Now()+MaxTicks), w.Now())) {
+			t.Fatalf("NextFire %d %v, model %d (now %d)", got, ok, earliest, w.Now())
+		}
 	}
 }
 

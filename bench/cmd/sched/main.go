@@ -1,0 +1,116 @@
+// Command sched runs one scheduler design with no-op (or busy) probe bodies in its own
+// process and prints one JSON object: fires, CPU (getrusage), VmRSS before and after
+// the probes were created, and firing lateness. It imports nothing but the agent's
+// scheduler, so that its memory is the scheduler's.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"log"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/probe-agent/probe-agent/bench/internal/measure"
+	"github.com/probe-agent/probe-agent/prober"
+	"github.com/probe-agent/probe-agent/prober/pool"
+	"github.com/probe-agent/probe-agent/prober/wheel"
+)
+
+var (
+	impl   = flag.String("impl", "wheel", "wheel, afterfunc or ticker")
+	n      = flag.Int("n", 1000, "probes")
+	period = flag.Duration("period", 10*time.Second, "probe period")
+	warmup = flag.Duration("warmup", 3*time.Second, "time before measuring")
+	window = flag.Duration("window", 10*time.Second, "measuring window")
+	busy   = flag.Duration("busy", 0, "CPU each probe body burns, to load the workers")
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	runtime.GC()
+	debug.FreeOSMemory()
+	base := measure.RSS()
+	var fires atomic.Int64
+	var h measure.Hist
+	start := time.Now().Add(100 * time.Millisecond)
+	phase := func() time.Time { return start.Add(time.Duration(rand.Int64N(int64(*period)))) }
+	// fired records a fire: how late the scheduler fired it, then the probe body.
+	body := func() {
+		fires.Add(1)
+		if *busy > 0 {
+			measure.Spin(*busy)
+		}
+	}
+	switch *impl {
+	case "wheel":
+		// The agent's design: one timer wheel, one driver goroutine, a bounded pool of
+		// workers woken on demand; periodic re-arms share wake-ups within their slack.
+		type probe struct {
+			t   wheel.Timer
+			due time.Time
+		}
+		var d *wheel.Driver
+		slack := prober.Slack(*period)
+		p := pool.New(64, func(_ context.Context, pr *probe) {
+			body()
+			d.AddSlack(&pr.t, pr.due.Add(*period), slack)
+		})
+		d = wheel.NewDriver(clockwork.NewRealClock(), time.Millisecond, func(t *wheel.Timer, due time.Time) {
+			h.Add(time.Since(due))
+			pr := t.Value.(*probe)
+			pr.due = due
+			p.Push(pr)
+		})
+		probes := make([]probe, *n)
+		for i := range probes {
+			probes[i].t.Value = &probes[i]
+			d.AddSlack(&probes[i].t, phase(), slack) // as the agent spreads adopted probes
+		}
+		go d.Run(context.Background())
+		go p.Run(context.Background())
+	case "afterfunc":
+		type probe struct {
+			next time.Time
+			t    *time.Timer
+		}
+		for range *n {
+			pr := &probe{next: phase()}
+			pr.t = time.AfterFunc(time.Until(pr.next), func() {
+				h.Add(time.Since(pr.next))
+				body()
+				pr.next = pr.next.Add(*period)
+				pr.t.Reset(time.Until(pr.next))
+			})
+		}
+	case "ticker":
+		// The kubelet's pattern: a goroutine and a ticker per probe.
+		for range *n {
+			first := phase()
+			go func() {
+				time.Sleep(time.Until(first))
+				tk := time.NewTicker(*period)
+				for next := first; ; next = next.Add(*period) {
+					h.Add(time.Since(next))
+					body()
+					<-tk.C
+				}
+			}()
+		}
+	default:
+		log.Fatalf("unknown impl %q", *impl)
+	}
+	r := measure.Window(*warmup, *window, &fires, nil, &h)
+	r.BaseRSS = base
+	r.RSSBytes = measure.RSS()
+	r.Goroutines = runtime.NumGoroutine()
+	_ = json.NewEncoder(os.Stdout).Encode(r)
+}
