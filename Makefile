@@ -3,7 +3,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test lint unit fuzz-smoke fuzz clean
+.PHONY: all build run test lint unit fuzz-smoke fuzz bench bench-quick clean
 
 all: build
 
@@ -36,6 +36,15 @@ fuzz-smoke:
 ## fuzz: a longer fuzzing run of the service.json parser.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5m ./service
+
+## bench: the full side-by-side benchmark; writes bench/results.json and docs/benchmarks.md.
+bench:
+	cd bench && $(GO) run ./cmd/bench -out results.json
+	cd bench && $(GO) run ./cmd/report -in results.json -out ../docs/benchmarks.md
+
+## bench-quick: every benchmark scenario, shortened; writes bench/results.json.
+bench-quick:
+	cd bench && $(GO) build ./... && $(GO) run ./cmd/bench -quick -out results.json
 
 clean:
 	rm -rf bin

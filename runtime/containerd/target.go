@@ -110,7 +110,9 @@ func execID() string {
 // SIGKILL. Output is read until the exec exits and at most ioDrain longer; the exec is
 // deleted in the background.
 func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
-	nctx := namespaces.WithNamespace(ctx, t.ns)
+	// The short RPCs carry no deadline (each deadline costs gRPC a timer); the probe's
+	// deadline bounds the wait for the exit below, which is where time goes.
+	nctx := namespaces.WithNamespace(context.WithoutCancel(ctx), t.ns)
 	task, err := t.loadTask(nctx)
 	if err != nil {
 		return -1, t.wrap(err)

@@ -39,8 +39,15 @@ func main() {
 	runtime.GC()
 	debug.FreeOSMemory()
 	base := measure.RSS()
-	var fires atomic.Int64
+	var fires, early atomic.Int64
 	var h measure.Hist
+	late := func(due time.Time) {
+		d := time.Since(due)
+		if d < 0 {
+			early.Add(1)
+		}
+		h.Add(d)
+	}
 	start := time.Now().Add(100 * time.Millisecond)
 	phase := func() time.Time { return start.Add(time.Duration(rand.Int64N(int64(*period)))) }
 	// fired records a fire: how late the scheduler fired it, then the probe body.
@@ -65,7 +72,7 @@ func main() {
 			d.AddSlack(&pr.t, pr.due.Add(*period), slack)
 		})
 		d = wheel.NewDriver(clockwork.NewRealClock(), time.Millisecond, func(t *wheel.Timer, due time.Time) {
-			h.Add(time.Since(due))
+			late(due)
 			pr := t.Value.(*probe)
 			pr.due = due
 			p.Push(pr)
@@ -84,12 +91,14 @@ func main() {
 		}
 		for range *n {
 			pr := &probe{next: phase()}
-			pr.t = time.AfterFunc(time.Until(pr.next), func() {
-				h.Add(time.Since(pr.next))
+			// Created far off, then set: the callback may not run before pr.t is set.
+			pr.t = time.AfterFunc(time.Hour, func() {
+				late(pr.next)
 				body()
 				pr.next = pr.next.Add(*period)
 				pr.t.Reset(time.Until(pr.next))
 			})
+			pr.t.Reset(time.Until(pr.next))
 		}
 	case "ticker":
 		// The kubelet's pattern: a goroutine and a ticker per probe.
@@ -99,7 +108,7 @@ func main() {
 				time.Sleep(time.Until(first))
 				tk := time.NewTicker(*period)
 				for next := first; ; next = next.Add(*period) {
-					h.Add(time.Since(next))
+					late(next)
 					body()
 					<-tk.C
 				}
@@ -108,7 +117,7 @@ func main() {
 	default:
 		log.Fatalf("unknown impl %q", *impl)
 	}
-	r := measure.Window(*warmup, *window, &fires, nil, &h)
+	r := measure.Window(*warmup, *window, &fires, &early, &h) // errors: fires before their time
 	r.BaseRSS = base
 	r.RSSBytes = measure.RSS()
 	r.Goroutines = runtime.NumGoroutine()

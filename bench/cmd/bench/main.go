@@ -1,0 +1,380 @@
+// Command bench runs the side-by-side benchmarks: each subject in its own process, each
+// ratio against a baseline measured in the same run. It prints a table and writes
+// results.json (and results-meta.json, which the report command reads).
+//
+//	go run ./cmd/bench [-quick] [-out results.json]
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/probe-agent/probe-agent/bench/internal/measure"
+)
+
+// Row is one line of results.json: value of subject against baseline_value of the
+// baseline, measured in the same run; goal bounds the ratio (from above for costs,
+// from below for throughputs) and pass says whether it holds. Rows without a goal are
+// context.
+type Row struct {
+	Scenario      string   `json:"scenario"`
+	Subject       string   `json:"subject"`
+	Baseline      string   `json:"baseline"`
+	Metric        string   `json:"metric"`
+	Unit          string   `json:"unit"`
+	Value         float64  `json:"value"`
+	BaselineValue float64  `json:"baseline_value"`
+	Ratio         float64  `json:"ratio"`
+	Goal          *float64 `json:"goal"`
+	Pass          *bool    `json:"pass"`
+}
+
+// Meta describes the run for the report.
+type Meta struct {
+	Date      string `json:"date"`
+	Mode      string `json:"mode"`
+	GoVersion string `json:"go_version"`
+	CPU       string `json:"cpu"`
+	Cores     int    `json:"cores"`
+	Kernel    string `json:"kernel"`
+	Seconds   int    `json:"seconds"`
+	Skipped   string `json:"skipped,omitempty"`
+}
+
+var (
+	quick = flag.Bool("quick", false, "every scenario, shortened (under a minute)")
+	out   = flag.String("out", "results.json", "where to write the rows")
+)
+
+type runner struct {
+	dir       string
+	rows      []Row
+	quick     bool
+	pinClient []string
+	pinServer []string
+	skipped   []string
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	started := time.Now()
+	dir, err := os.MkdirTemp("", "probe-agent-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for _, cmd := range []string{"sched", "subject"} {
+		b := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "./cmd/"+cmd)
+		b.Stderr = os.Stderr
+		if err := b.Run(); err != nil {
+			log.Fatalf("building %s: %v", cmd, err)
+		}
+	}
+	r := &runner{dir: dir, quick: *quick}
+	if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() >= 2 {
+		// Client on CPU 0, loopback server on CPU 1, as the baselines were measured.
+		r.pinClient, r.pinServer = []string{"taskset", "-c", "0"}, []string{"taskset", "-c", "1"}
+	}
+	r.scheduler()
+	r.network("tcp")
+	r.network("http")
+	r.hostExec()
+	r.containerExec()
+	r.print()
+	if err := write(*out, r.rows); err != nil {
+		log.Fatal(err)
+	}
+	mode := "full"
+	if *quick {
+		mode = "quick"
+	}
+	meta := Meta{Date: time.Now().UTC().Format(time.RFC3339), Mode: mode, GoVersion: runtime.Version(),
+		CPU: cpuModel(), Cores: runtime.NumCPU(), Kernel: kernel(), Seconds: int(time.Since(started).Seconds()),
+		Skipped: strings.Join(r.skipped, "; ")}
+	if err := write(strings.TrimSuffix(*out, ".json")+"-meta.json", meta); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("\n%d rows in %s (%s mode, %v)\n", len(r.rows), *out, mode, time.Since(started).Round(time.Second))
+}
+
+func write(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// dur picks the quick or the full value.
+func (r *runner) dur(quick, full time.Duration) time.Duration {
+	if r.quick {
+		return quick
+	}
+	return full
+}
+
+func (r *runner) run(pin []string, bin string, args ...string) measure.Result {
+	argv := append(append(append([]string{}, pin...), filepath.Join(r.dir, bin)), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = os.Stderr
+	outb, err := cmd.Output()
+	if err != nil {
+		log.Fatalf("%s %v: %v", bin, args, err)
+	}
+	var m measure.Result
+	if err := json.Unmarshal(outb, &m); err != nil {
+		log.Fatalf("%s %v: %v: %s", bin, args, err, outb)
+	}
+	return m
+}
+
+// add appends a row; goal 0 means none; higher says the goal bounds from below.
+func (r *runner) add(scenario, subject, baseline, metric, unit string, value, base, goal float64, higher bool) {
+	row := Row{Scenario: scenario, Subject: subject, Baseline: baseline, Metric: metric, Unit: unit,
+		Value: round(value), BaselineValue: round(base)}
+	if base != 0 {
+		row.Ratio = round(value / base)
+	}
+	if goal != 0 {
+		g := goal
+		pass := row.Ratio <= g
+		if higher {
+			pass = row.Ratio >= g
+		}
+		row.Goal, row.Pass = &g, &pass
+	}
+	r.rows = append(r.rows, row)
+}
+
+func round(f float64) float64 {
+	v, _ := strconv.ParseFloat(strconv.FormatFloat(f, 'g', 4, 64), 64)
+	return v
+}
+
+type schedMetrics struct {
+	cpuPerFire, cpuPct, rssPerProbe, rssMB, p50, p99, p999, early float64
+}
+
+func sched(m measure.Result, n int) schedMetrics {
+	return schedMetrics{
+		cpuPerFire:  float64(m.CPUNanos) / float64(max(m.Ops, 1)),
+		cpuPct:      100 * float64(m.CPUNanos) / float64(m.WallNanos),
+		rssPerProbe: float64(m.RSSBytes-m.BaseRSS) / float64(n),
+		rssMB:       float64(m.RSSBytes) / (1 << 20),
+		p50:         float64(m.P50Nanos) / 1e6, p99: float64(m.P99Nanos) / 1e6, p999: float64(m.P999Nanos) / 1e6,
+		early: float64(m.Errors),
+	}
+}
+
+// scheduler compares the agent's wheel and pool with time.AfterFunc re-armed and one
+// goroutine and ticker per probe (the kubelet's pattern), with no-op probe bodies.
+func (r *runner) scheduler() {
+	type config struct {
+		name   string
+		n      int
+		period time.Duration
+		busy   time.Duration
+		impls  []string
+	}
+	all := []string{"wheel", "afterfunc", "ticker"}
+	configs := []config{
+		{"1k@10s idle", 1000, 10 * time.Second, 0, all},
+		{"100k@1s", 100_000, time.Second, 0, all},
+		{"1M@10s", 1_000_000, 10 * time.Second, 0, all},
+		// Lateness while probe bodies keep about one core busy (0.8 ms each, 1000/s).
+		{"1k@1s busy", 1000, time.Second, 800 * time.Microsecond, []string{"wheel", "afterfunc"}},
+	}
+	for _, c := range configs {
+		res := map[string]schedMetrics{}
+		for _, impl := range c.impls {
+			warm, win := r.dur(300*time.Millisecond, 3*time.Second), r.dur(800*time.Millisecond, 10*time.Second)
+			fmt.Fprintf(os.Stderr, "sched %s %s\n", c.name, impl)
+			m := r.run(nil, "sched", "-impl", impl, "-n", strconv.Itoa(c.n), "-period", c.period.String(),
+				"-warmup", warm.String(), "-window", win.String(), "-busy", c.busy.String())
+			res[impl] = sched(m, c.n)
+		}
+		sc := "scheduler " + c.name
+		w := res["wheel"]
+		for _, b := range c.impls[1:] {
+			o := res[b]
+			cpuGoal, memGoal := 0.0, 0.0
+			if c.name == "100k@1s" && b == "afterfunc" {
+				cpuGoal = 0.40
+			}
+			if c.name == "100k@1s" && b == "ticker" {
+				memGoal = 0.05
+			}
+			if c.busy == 0 {
+				r.add(sc, "wheel", b, "cpu_per_fire", "ns", w.cpuPerFire, o.cpuPerFire, cpuGoal, false)
+				r.add(sc, "wheel", b, "cpu", "% of a core", w.cpuPct, o.cpuPct, 0, false)
+				r.add(sc, "wheel", b, "memory_per_probe", "bytes", w.rssPerProbe, o.rssPerProbe, memGoal, false)
+			}
+			r.add(sc, "wheel", b, "lateness_p50", "ms", w.p50, o.p50, 0, false)
+			r.add(sc, "wheel", b, "lateness_p99", "ms", w.p99, o.p99, 0, false)
+			r.add(sc, "wheel", b, "lateness_p999", "ms", w.p999, o.p999, 0, false)
+		}
+		if t, ok := res["ticker"]; ok {
+			a := res["afterfunc"]
+			r.add(sc, "ticker", "afterfunc", "cpu_per_fire", "ns", t.cpuPerFire, a.cpuPerFire, 0, false)
+			r.add(sc, "ticker", "afterfunc", "memory_per_probe", "bytes", t.rssPerProbe, a.rssPerProbe, 0, false)
+		}
+		// Absolute budgets, as rows whose baseline is the budget itself.
+		r.add(sc, "wheel", "budget", "fires_before_due", "fires", w.early, 1, 1, false)
+		switch c.name {
+		case "1k@10s idle":
+			r.add(sc, "wheel", "budget", "cpu", "% of a core", w.cpuPct, 0.3, 1, false)
+			r.add(sc, "wheel", "budget", "lateness_p99", "ms", w.p99, 2, 1, false)
+		case "100k@1s":
+			r.add(sc, "wheel", "budget", "cpu", "% of a core", w.cpuPct, 7, 1, false)
+			r.add(sc, "wheel", "budget", "rss", "MB", w.rssMB, 20, 1, false)
+			r.add(sc, "wheel", "budget", "memory_per_probe", "bytes", w.rssPerProbe, 128, 1, false)
+		case "1k@1s busy":
+			r.add(sc, "wheel", "budget", "lateness_p99", "ms", w.p99, 10, 1, false)
+		}
+	}
+}
+
+// server starts a loopback target and returns its address and a stop function.
+func (r *runner) server(proto string) (string, func()) {
+	argv := append(append([]string{}, r.pinServer...), filepath.Join(r.dir, "subject"), "-scenario", "server", "-proto", proto)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		log.Fatal(err)
+	}
+	return strings.TrimSpace(addr), func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+// network compares TCP or HTTP probing: the agent's prober and scheduler, a raw Go
+// loop (the limit here), the kubelet's own probers in its worker pattern, and
+// blackbox_exporter's prober.
+func (r *runner) network(proto string) {
+	addr, stop := r.server(proto)
+	defer stop()
+	warm, win := r.dur(200*time.Millisecond, 2*time.Second), r.dur(500*time.Millisecond, 5*time.Second)
+	perCore := map[string]float64{}
+	for _, impl := range []string{"ours", "raw", "kubelet", "blackbox"} {
+		fmt.Fprintf(os.Stderr, "%s saturate %s\n", proto, impl)
+		m := r.run(r.pinClient, "subject", "-scenario", proto, "-impl", impl, "-target", addr,
+			"-warmup", warm.String(), "-window", win.String())
+		perCore[impl] = float64(m.Ops) / (float64(m.CPUNanos) / 1e9)
+	}
+	sc := proto + " probes at saturation"
+	r.add(sc, "ours", "raw", "probes_per_core_second", "probes/s", perCore["ours"], perCore["raw"], 0.85, true)
+	r.add(sc, "ours", "blackbox", "probes_per_core_second", "probes/s", perCore["ours"], perCore["blackbox"], 5, true)
+	r.add(sc, "ours", "kubelet", "probes_per_core_second", "probes/s", perCore["ours"], perCore["kubelet"], 0, true)
+	r.add(sc, "kubelet", "raw", "probes_per_core_second", "probes/s", perCore["kubelet"], perCore["raw"], 0, true)
+	r.add(sc, "blackbox", "raw", "probes_per_core_second", "probes/s", perCore["blackbox"], perCore["raw"], 0, true)
+
+	const rate = 1000
+	cpuPer := map[string]float64{}
+	for _, impl := range []string{"ours", "kubelet", "raw", "blackbox"} {
+		fmt.Fprintf(os.Stderr, "%s rate %s\n", proto, impl)
+		// The periodic designs spread their first probes over one second.
+		rw := r.dur(200*time.Millisecond, 2*time.Second)
+		if impl == "ours" || impl == "kubelet" {
+			rw = r.dur(1100*time.Millisecond, 3*time.Second)
+		}
+		m := r.run(r.pinClient, "subject", "-scenario", proto, "-impl", impl, "-target", addr, "-rate", strconv.Itoa(rate),
+			"-warmup", rw.String(), "-window", win.String())
+		cpuPer[impl] = float64(m.CPUNanos) / 1e3 / float64(max(m.Ops, 1))
+	}
+	sc = fmt.Sprintf("%s probes at %d/s", proto, rate)
+	r.add(sc, "ours", "kubelet", "cpu_per_probe", "µs", cpuPer["ours"], cpuPer["kubelet"], 0.7, false)
+	r.add(sc, "ours", "raw", "cpu_per_probe", "µs", cpuPer["ours"], cpuPer["raw"], 0, false)
+	r.add(sc, "blackbox", "raw", "cpu_per_probe", "µs", cpuPer["blackbox"], cpuPer["raw"], 0, false)
+}
+
+// hostExec compares exec probes on the host with raw os/exec.
+func (r *runner) hostExec() {
+	warm, win := r.dur(200*time.Millisecond, 2*time.Second), r.dur(600*time.Millisecond, 5*time.Second)
+	rate := map[string]float64{}
+	for _, impl := range []string{"ours", "raw"} {
+		fmt.Fprintf(os.Stderr, "exec %s\n", impl)
+		m := r.run(nil, "subject", "-scenario", "exec", "-impl", impl, "-concurrency", "2",
+			"-warmup", warm.String(), "-window", win.String())
+		rate[impl] = float64(m.Ops) / (float64(m.WallNanos) / 1e9)
+	}
+	r.add("host exec", "ours", "raw", "execs_per_second", "execs/s", rate["ours"], rate["raw"], 0.9, true)
+}
+
+var benchLine = regexp.MustCompile(`([0-9.]+) (agent-cpu-µs/exec|bare-cpu-µs/exec|agent-µs/exec|bare-µs/exec)`)
+
+// containerExec runs the containerd exec benchmark of the main module: the agent's exec
+// probe interleaved with a bare containerd client exec loop on the same container.
+func (r *runner) containerExec() {
+	n := "100x"
+	if r.quick {
+		n = "10x"
+	}
+	fmt.Fprintf(os.Stderr, "container exec\n")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "ExecAgainstBareClient", "-benchtime", n, "./runtime/containerd/")
+	cmd.Dir = ".."
+	outb, err := cmd.CombinedOutput()
+	v := map[string]float64{}
+	for _, m := range benchLine.FindAllStringSubmatch(string(outb), -1) {
+		v[m[2]], _ = strconv.ParseFloat(m[1], 64)
+	}
+	if err != nil || len(v) < 4 {
+		reason := "containerd exec benchmark did not run"
+		if i := strings.Index(string(outb), "containerd tests need"); i >= 0 {
+			reason = strings.SplitN(string(outb[i:]), "\n", 2)[0]
+		}
+		fmt.Fprintf(os.Stderr, "container exec skipped: %s\n", reason)
+		r.skipped = append(r.skipped, "container exec: "+reason)
+		return
+	}
+	r.add("container exec", "ours", "bare containerd client", "cpu_per_exec", "µs", v["agent-cpu-µs/exec"], v["bare-cpu-µs/exec"], 1.05, false)
+	r.add("container exec", "ours", "bare containerd client", "latency", "µs", v["agent-µs/exec"], v["bare-µs/exec"], 0, false)
+}
+
+func (r *runner) print() {
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SCENARIO\tSUBJECT\tBASELINE\tMETRIC\tVALUE\tBASELINE\tRATIO\tGOAL\tPASS")
+	for _, row := range r.rows {
+		goal, pass := "", ""
+		if row.Goal != nil {
+			goal = strconv.FormatFloat(*row.Goal, 'g', -1, 64)
+			pass = strconv.FormatBool(*row.Pass)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%g %s\t%g\t%g\t%s\t%s\n", row.Scenario, row.Subject, row.Baseline,
+			row.Metric, row.Value, row.Unit, row.BaselineValue, row.Ratio, goal, pass)
+	}
+	tw.Flush()
+}
+
+func cpuModel() string {
+	data, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "unknown"
+}
+
+func kernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
