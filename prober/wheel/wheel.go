@@ -1,12 +1,12 @@
 // Package wheel is a hierarchical timer wheel and a driver that sleeps until its next
 // non-empty slot.
 //
-// Design. Time is counted in ticks (the driver uses 1 ms). The wheel has 8 levels of 64
-// slots; a slot at level l spans 64^l ticks, so level 0 holds the next 64 ms slot by
-// slot, level 1 the next 4 s in 64 ms slots, level 2 the next 4.4 min in 4 s slots and
-// so on: 8 levels reach 2^48 ticks (about 8,900 years at 1 ms). A timer is filed at the
-// level of the highest 6-bit digit in which its expiry differs from the wheel's current
-// time, in the slot named by that digit. When time reaches a slot above level 0, its
+// Design. Time is counted in ticks (the driver uses 1 ms). The wheel has 6 levels of 256
+// slots; a slot at level l spans 256^l ticks, so level 0 holds the next 256 ms slot by
+// slot, level 1 the next 65 s in 256 ms slots, level 2 the next 4.7 h in 65 s slots and
+// so on: 6 levels reach 2^48 ticks (about 8,900 years at 1 ms). A timer is filed at the
+// level of the highest 8-bit digit in which its expiry differs from the wheel's current
+// time, in the slot named by that digit. Periods of 1 s to a minute cascade once. When time reaches a slot above level 0, its
 // timers cascade: each is refiled at a lower level by the same rule, so every timer
 // ends in a level-0 slot of width one tick before it fires (Varghese & Lauck scheme 6;
 // Kafka's purgatory), and cascades at most once per level.
@@ -28,9 +28,10 @@ package wheel
 import "math/bits"
 
 const (
-	levelBits = 6
+	levelBits = 8
 	slots     = 1 << levelBits
-	levels    = 8
+	levels    = 6
+	words     = slots / 64 // bitmap words per level
 	// MaxTicks is the farthest ahead a timer can be set; later expiries are clamped.
 	MaxTicks = 1<<(levelBits*levels) - 1
 )
@@ -58,7 +59,7 @@ func (t *Timer) Active() bool { return t.active }
 type Wheel struct {
 	now      int64
 	slots    [levels][slots]*Timer
-	occupied [levels]uint64
+	occupied [levels][words]uint64
 	count    int
 }
 
@@ -108,7 +109,7 @@ func (w *Wheel) file(t *Timer) {
 	}
 	*head = t
 	t.level, t.slot, t.active = uint8(level), slot, true
-	w.occupied[level] |= 1 << slot
+	w.occupied[level][slot/64] |= 1 << (slot % 64)
 }
 
 func (w *Wheel) unlink(t *Timer) {
@@ -118,7 +119,7 @@ func (w *Wheel) unlink(t *Timer) {
 		head := &w.slots[t.level][t.slot]
 		*head = t.next
 		if t.next == nil {
-			w.occupied[t.level] &^= 1 << t.slot
+			w.occupied[t.level][t.slot/64] &^= 1 << (t.slot % 64)
 		}
 	}
 	if t.next != nil {
@@ -133,18 +134,30 @@ func (w *Wheel) unlink(t *Timer) {
 // non-empty level holds the answer.
 func (w *Wheel) next() (at int64, level int, slot uint8, ok bool) {
 	for l := range levels {
-		occ := w.occupied[l]
-		if occ == 0 {
-			continue
-		}
 		shift := uint(levelBits * l)
 		cur := uint(w.now>>shift) & (slots - 1)
-		occ &= ^uint64(0) << cur
-		s := uint8(bits.TrailingZeros64(occ))
+		s, found := firstFrom(&w.occupied[l], cur)
+		if !found {
+			continue
+		}
 		span := int64(1) << (shift + levelBits)
 		return w.now&^(span-1) | int64(s)<<shift, l, s, true
 	}
 	return 0, 0, 0, false
+}
+
+// firstFrom returns the first set bit at or after from in a level's bitmap.
+func firstFrom(occ *[words]uint64, from uint) (uint8, bool) {
+	for i := from / 64; i < words; i++ {
+		word := occ[i]
+		if i == from/64 {
+			word &= ^uint64(0) << (from % 64)
+		}
+		if word != 0 {
+			return uint8(i*64 + uint(bits.TrailingZeros64(word))), true
+		}
+	}
+	return 0, false
 }
 
 // NextExpiry returns the tick at which Advance next has work: a level-0 slot whose
@@ -155,17 +168,25 @@ func (w *Wheel) NextExpiry() (tick int64, ok bool) {
 	return at, ok
 }
 
-// NextFire returns the tick at which the earliest pending timer expires (Now if it is
-// overdue). Unlike NextExpiry it never names a tick where timers only cascade, so a
-// driver sleeping until it wakes only to fire. It scans one slot: the earliest timer
-// is in the first non-empty slot of the lowest non-empty level.
+// maxScan bounds how many timers NextFire looks at: past it, waking to cascade the
+// slot costs less than scanning it.
+const maxScan = 64
+
+// NextFire returns the tick at which a driver should next advance: the earliest pending
+// timer's expiry (Now if it is overdue), found by scanning the first non-empty slot of
+// the lowest non-empty level, where the earliest timer is. A slot holding more than
+// maxScan timers is not scanned; its start is returned, as NextExpiry does, and the
+// driver wakes there to cascade it. Sparse wheels thus never wake for cascades alone.
 func (w *Wheel) NextFire() (tick int64, ok bool) {
 	at, level, slot, ok := w.next()
 	if !ok || level == 0 {
 		return at, ok
 	}
-	first := int64(-1)
+	first, n := int64(-1), 0
 	for t := w.slots[level][slot]; t != nil; t = t.next {
+		if n++; n > maxScan {
+			return at, true
+		}
 		if first < 0 || t.when < first {
 			first = t.when
 		}

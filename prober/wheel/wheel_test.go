@@ -112,6 +112,20 @@ func TestNextExpiry(t *testing.T) {
 	}
 }
 
+func TestNextFireSkipsCascadesOfSparseSlots(t *testing.T) {
+	t.Parallel()
+	w := New(0)
+	for i := range 10 {
+		w.Add(&Timer{}, 5_000+int64(i)*3) // one level-1 slot, ten timers
+	}
+	if at, _ := w.NextExpiry(); at >= 5_000 {
+		t.Fatalf("NextExpiry %d: expected a cascade point before 5000", at)
+	}
+	if at, ok := w.NextFire(); !ok || at != 5_000 {
+		t.Fatalf("NextFire %d, want the earliest expiry 5000", at)
+	}
+}
+
 func TestFarFutureIsClamped(t *testing.T) {
 	t.Parallel()
 	w := New(0)
@@ -202,7 +216,9 @@ func TestAgainstModel(t *testing.T) {
 				earliest = when
 			}
 		}
-		if got, ok := w.NextFire(); ok != (earliest >= 0) || (ok && got != max(min(earliest, w.Now()+MaxTicks), w.Now())) {
+		// NextFire is never past the earliest expiry, and it is that expiry unless a
+		// dense slot is cheaper to cascade than to scan.
+		if got, ok := w.NextFire(); ok != (earliest >= 0) || (ok && (got > max(min(earliest, w.Now()+MaxTicks), w.Now()) || got < w.Now())) {
 			t.Fatalf("NextFire %d %v, model %d (now %d)", got, ok, earliest, w.Now())
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,7 @@ var (
 	warmup = flag.Duration("warmup", 3*time.Second, "time before measuring")
 	window = flag.Duration("window", 10*time.Second, "measuring window")
 	busy   = flag.Duration("busy", 0, "CPU each probe body burns, to load the workers")
+	prof   = flag.String("cpuprofile", "", "write a CPU profile of the window here")
 )
 
 func main() {
@@ -117,7 +119,15 @@ func main() {
 	default:
 		log.Fatalf("unknown impl %q", *impl)
 	}
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err != nil {
+			log.Fatal(err)
+		}
+		_ = pprof.StartCPUProfile(f)
+	}
 	r := measure.Window(*warmup, *window, &fires, &early, &h) // errors: fires before their time
+	pprof.StopCPUProfile()
 	r.BaseRSS = base
 	r.RSSBytes = measure.RSS()
 	r.Goroutines = runtime.NumGoroutine()
