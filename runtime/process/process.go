@@ -253,25 +253,27 @@ func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		_, _ = io.Copy(out, pr)
 		close(copied)
 	}()
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	pgid := cmd.Process.Pid
+	// On timeout the whole group is killed, which ends the Wait below.
+	stop := context.AfterFunc(ctx, func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+	_ = cmd.Wait()
+	timedOut := !stop()
 	var ctxErr error
-	select {
-	case <-exited:
-	case <-ctx.Done():
+	if timedOut {
 		ctxErr = ctx.Err()
 	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	<-exited
+	_ = syscall.Kill(-pgid, syscall.SIGKILL) // whatever the command left behind
 	select {
 	case <-copied:
-	case <-time.After(drainWait):
-		pr.Close()
-		<-copied
+	default:
+		drain := time.NewTimer(drainWait)
+		select {
+		case <-copied:
+		case <-drain.C:
+			pr.Close()
+			<-copied
+		}
+		drain.Stop()
 	}
 	if ctxErr != nil {
 		return -1, ctxErr

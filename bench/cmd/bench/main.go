@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -272,14 +273,13 @@ func (r *runner) server(proto string) (string, func()) {
 func (r *runner) network(proto string) {
 	addr, stop := r.server(proto)
 	defer stop()
-	warm, win := r.dur(200*time.Millisecond, 2*time.Second), r.dur(500*time.Millisecond, 5*time.Second)
-	perCore := map[string]float64{}
-	for _, impl := range []string{"ours", "raw", "kubelet", "blackbox"} {
+	warm, win := r.dur(200*time.Millisecond, time.Second), r.dur(500*time.Millisecond, 3*time.Second)
+	perCore := r.rounds([]string{"ours", "raw", "kubelet", "blackbox"}, func(impl string) float64 {
 		fmt.Fprintf(os.Stderr, "%s saturate %s\n", proto, impl)
 		m := r.run(r.pinClient, "subject", "-scenario", proto, "-impl", impl, "-target", addr,
 			"-warmup", warm.String(), "-window", win.String())
-		perCore[impl] = float64(m.Ops) / (float64(m.CPUNanos) / 1e9)
-	}
+		return float64(m.Ops) / (float64(m.CPUNanos) / 1e9)
+	})
 	sc := proto + " probes at saturation"
 	r.add(sc, "ours", "raw", "probes_per_core_second", "probes/s", perCore["ours"], perCore["raw"], 0.85, true)
 	r.add(sc, "ours", "blackbox", "probes_per_core_second", "probes/s", perCore["ours"], perCore["blackbox"], 5, true)
@@ -288,34 +288,53 @@ func (r *runner) network(proto string) {
 	r.add(sc, "blackbox", "raw", "probes_per_core_second", "probes/s", perCore["blackbox"], perCore["raw"], 0, true)
 
 	const rate = 1000
-	cpuPer := map[string]float64{}
-	for _, impl := range []string{"ours", "kubelet", "raw", "blackbox"} {
+	cpuPer := r.rounds([]string{"ours", "kubelet", "raw", "blackbox"}, func(impl string) float64 {
 		fmt.Fprintf(os.Stderr, "%s rate %s\n", proto, impl)
 		// The periodic designs spread their first probes over one second.
-		rw := r.dur(200*time.Millisecond, 2*time.Second)
+		rw := r.dur(200*time.Millisecond, time.Second)
 		if impl == "ours" || impl == "kubelet" {
-			rw = r.dur(1100*time.Millisecond, 3*time.Second)
+			rw = r.dur(1100*time.Millisecond, 1500*time.Millisecond)
 		}
 		m := r.run(r.pinClient, "subject", "-scenario", proto, "-impl", impl, "-target", addr, "-rate", strconv.Itoa(rate),
 			"-warmup", rw.String(), "-window", win.String())
-		cpuPer[impl] = float64(m.CPUNanos) / 1e3 / float64(max(m.Ops, 1))
-	}
+		return float64(m.CPUNanos) / 1e3 / float64(max(m.Ops, 1))
+	})
 	sc = fmt.Sprintf("%s probes at %d/s", proto, rate)
 	r.add(sc, "ours", "kubelet", "cpu_per_probe", "µs", cpuPer["ours"], cpuPer["kubelet"], 0.7, false)
 	r.add(sc, "ours", "raw", "cpu_per_probe", "µs", cpuPer["ours"], cpuPer["raw"], 0, false)
 	r.add(sc, "blackbox", "raw", "cpu_per_probe", "µs", cpuPer["blackbox"], cpuPer["raw"], 0, false)
 }
 
+// rounds measures each subject once (quick) or three times alternating (full) and
+// returns each subject's median, so that a noisy moment does not decide a ratio.
+func (r *runner) rounds(impls []string, measure func(impl string) float64) map[string]float64 {
+	n := 3
+	if r.quick {
+		n = 1
+	}
+	vals := map[string][]float64{}
+	for range n {
+		for _, impl := range impls {
+			vals[impl] = append(vals[impl], measure(impl))
+		}
+	}
+	med := map[string]float64{}
+	for impl, v := range vals {
+		slices.Sort(v)
+		med[impl] = v[len(v)/2]
+	}
+	return med
+}
+
 // hostExec compares exec probes on the host with raw os/exec.
 func (r *runner) hostExec() {
-	warm, win := r.dur(200*time.Millisecond, 2*time.Second), r.dur(600*time.Millisecond, 5*time.Second)
-	rate := map[string]float64{}
-	for _, impl := range []string{"ours", "raw"} {
+	warm, win := r.dur(200*time.Millisecond, time.Second), r.dur(600*time.Millisecond, 3*time.Second)
+	rate := r.rounds([]string{"ours", "raw"}, func(impl string) float64 {
 		fmt.Fprintf(os.Stderr, "exec %s\n", impl)
 		m := r.run(nil, "subject", "-scenario", "exec", "-impl", impl, "-concurrency", "2",
 			"-warmup", warm.String(), "-window", win.String())
-		rate[impl] = float64(m.Ops) / (float64(m.WallNanos) / 1e9)
-	}
+		return float64(m.Ops) / (float64(m.WallNanos) / 1e9)
+	})
 	r.add("host exec", "ours", "raw", "execs_per_second", "execs/s", rate["ours"], rate["raw"], 0.9, true)
 }
 
