@@ -258,7 +258,7 @@ func (m *Manager) schedule(p *probe, now time.Time, jitter bool) {
 	// A jittered first run is arbitrary within its period anyway: let it share
 	// wake-ups like a periodic one.
 	period := p.check.PeriodSeconds.D()
-	m.driver.AddSlack(&p.timer, later(at, now.Add(time.Duration(rand.Int64N(int64(period))))), Slack(period))
+	m.driver.AddSlack(&p.timer, later(at, now.Add(time.Duration(rand.Int64N(int64(period))))), wheel.Slack(period))
 }
 
 func later(a, b time.Time) time.Time {
@@ -420,12 +420,9 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	if !next.After(now) {
 		next = next.Add((now.Sub(next)/period + 1) * period)
 	}
-	m.driver.AddSlack(&p.timer, next, Slack(period))
+	m.driver.AddSlack(&p.timer, next, wheel.Slack(period))
 }
 
-// Slack is how late a periodic probe may run so that probes share wake-ups: 1% of its
-// period, at most 100 ms. First probes (initial delay, startup success) are exact.
-func Slack(period time.Duration) time.Duration { return min(period/100, 100*time.Millisecond) }
 
 func (p *probe) record(e HistoryEntry, n int) {
 	if len(e.Output) > 256 {

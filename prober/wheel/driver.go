@@ -48,6 +48,10 @@ func (d *Driver) tickAt(t time.Time) int64 {
 // timeOf is the time at which tick begins.
 func (d *Driver) timeOf(tick int64) time.Time { return d.epoch.Add(time.Duration(tick) * d.res) }
 
+// Slack is how late a periodic timer may fire so that timers share wake-ups: 1 % of its
+// period, at most 100 ms.
+func Slack(period time.Duration) time.Duration { return min(period/100, 100*time.Millisecond) }
+
 // Add sets t to fire at time at, moving it if it is pending.
 func (d *Driver) Add(t *Timer, at time.Time) { d.AddSlack(t, at, 0) }
 

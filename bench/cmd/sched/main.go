@@ -20,7 +20,6 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/probe-agent/probe-agent/bench/internal/measure"
-	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/prober/pool"
 	"github.com/probe-agent/probe-agent/prober/wheel"
 )
@@ -68,7 +67,7 @@ func main() {
 			due time.Time
 		}
 		var d *wheel.Driver
-		slack := prober.Slack(*period)
+		slack := wheel.Slack(*period)
 		p := pool.New(64, func(_ context.Context, pr *probe) {
 			body()
 			d.AddSlack(&pr.t, pr.due.Add(*period), slack)
