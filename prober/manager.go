@@ -423,7 +423,6 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	m.driver.AddSlack(&p.timer, next, wheel.Slack(period))
 }
 
-
 func (p *probe) record(e HistoryEntry, n int) {
 	if len(e.Output) > 256 {
 		e.Output = e.Output[:256] + "..."
