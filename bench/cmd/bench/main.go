@@ -23,36 +23,8 @@ import (
 	"time"
 
 	"github.com/probe-agent/probe-agent/bench/internal/measure"
+	"github.com/probe-agent/probe-agent/bench/internal/results"
 )
-
-// Row is one line of results.json: value of subject against baseline_value of the
-// baseline, measured in the same run; goal bounds the ratio (from above for costs,
-// from below for throughputs) and pass says whether it holds. Rows without a goal are
-// context.
-type Row struct {
-	Scenario      string   `json:"scenario"`
-	Subject       string   `json:"subject"`
-	Baseline      string   `json:"baseline"`
-	Metric        string   `json:"metric"`
-	Unit          string   `json:"unit"`
-	Value         float64  `json:"value"`
-	BaselineValue float64  `json:"baseline_value"`
-	Ratio         float64  `json:"ratio"`
-	Goal          *float64 `json:"goal"`
-	Pass          *bool    `json:"pass"`
-}
-
-// Meta describes the run for the report.
-type Meta struct {
-	Date      string `json:"date"`
-	Mode      string `json:"mode"`
-	GoVersion string `json:"go_version"`
-	CPU       string `json:"cpu"`
-	Cores     int    `json:"cores"`
-	Kernel    string `json:"kernel"`
-	Seconds   int    `json:"seconds"`
-	Skipped   string `json:"skipped,omitempty"`
-}
 
 var (
 	quick = flag.Bool("quick", false, "every scenario, shortened (under a minute)")
@@ -61,7 +33,7 @@ var (
 
 type runner struct {
 	dir       string
-	rows      []Row
+	rows      []results.Row
 	quick     bool
 	pinClient []string
 	pinServer []string
@@ -102,7 +74,7 @@ func main() {
 	if *quick {
 		mode = "quick"
 	}
-	meta := Meta{Date: time.Now().UTC().Format(time.RFC3339), Mode: mode, GoVersion: runtime.Version(),
+	meta := results.Meta{Date: time.Now().UTC().Format(time.RFC3339), Mode: mode, GoVersion: runtime.Version(),
 		CPU: cpuModel(), Cores: runtime.NumCPU(), Kernel: kernel(), Seconds: int(time.Since(started).Seconds()),
 		Skipped: strings.Join(r.skipped, "; ")}
 	if err := write(strings.TrimSuffix(*out, ".json")+"-meta.json", meta); err != nil {
@@ -144,7 +116,7 @@ func (r *runner) run(pin []string, bin string, args ...string) measure.Result {
 
 // add appends a row; goal 0 means none; higher says the goal bounds from below.
 func (r *runner) add(scenario, subject, baseline, metric, unit string, value, base, goal float64, higher bool) {
-	row := Row{Scenario: scenario, Subject: subject, Baseline: baseline, Metric: metric, Unit: unit,
+	row := results.Row{Scenario: scenario, Subject: subject, Baseline: baseline, Metric: metric, Unit: unit,
 		Value: round(value), BaselineValue: round(base)}
 	if base != 0 {
 		row.Ratio = round(value / base)
