@@ -237,9 +237,21 @@ func TestDialRefusedSaysWhatListens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := free.Addr().String()
-	free.Close()
+	// A socket bound but not listening holds its port, so connections to it are refused
+	// and no other test can take it meanwhile.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 	_, err = (&Target{}).DialContext(context.Background(), "tcp", addr)
 	if err == nil || !strings.Contains(err.Error(), "nothing listens on") || !strings.Contains(err.Error(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)) {
 		t.Fatalf("got %v", err)
