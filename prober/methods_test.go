@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,8 +190,19 @@ func TestTCPProbe(t *testing.T) {
 		t.Errorf("open port: %v %q", r.Outcome, r.Output)
 	}
 	ln.Close()
+	// A socket bound but not listening holds a port that refuses connections.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	c.TCPSocket.Port = sa.(*syscall.SockaddrInet4).Port
 	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Failure || !strings.Contains(r.Output, "refused") {
-		t.Errorf("closed port: %v %q", r.Outcome, r.Output)
+		t.Errorf("refused port: %v %q", r.Outcome, r.Output)
 	}
 	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, c); r.Outcome != Unknown {
 		t.Errorf("unavailable target: %v %q", r.Outcome, r.Output)
