@@ -1,0 +1,257 @@
+//go:build linux && cgo
+
+package nvml
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"go.uber.org/goleak"
+
+	"github.com/probe-agent/probe-agent/gpu"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// node is a mocked 8-GPU DGX A100 with every getter the source calls wired healthy, and
+// event sets whose Wait reads from events (or fails as waitErr says).
+type node struct {
+	srv     *server.Server
+	events  chan gonvml.EventData
+	waitErr atomic.Int32 // a Return to give once, 0 for none
+	sets    atomic.Int32
+}
+
+func healthyNode(t *testing.T) *node {
+	t.Helper()
+	n := &node{srv: dgxa100.New(), events: make(chan gonvml.EventData, 8)}
+	n.srv.EventSetCreateFunc = func() (gonvml.EventSet, gonvml.Return) {
+		n.sets.Add(1)
+		return &mock.EventSet{
+			WaitFunc: func(ms uint32) (gonvml.EventData, gonvml.Return) {
+				if r := n.waitErr.Swap(0); r != 0 {
+					return gonvml.EventData{}, gonvml.Return(r)
+				}
+				select {
+				case e := <-n.events:
+					return e, gonvml.SUCCESS
+				case <-time.After(time.Duration(ms) * time.Millisecond):
+					return gonvml.EventData{}, gonvml.ERROR_TIMEOUT
+				}
+			},
+			FreeFunc: func() gonvml.Return { return gonvml.SUCCESS },
+		}, gonvml.SUCCESS
+	}
+	for _, d := range n.srv.Devices {
+		md := d.(*server.Device)
+		md.GetSupportedEventTypesFunc = func() (uint64, gonvml.Return) { return gonvml.EventTypeAll, gonvml.SUCCESS }
+		md.RegisterEventsFunc = func(uint64, gonvml.EventSet) gonvml.Return { return gonvml.SUCCESS }
+		md.GetTemperatureFunc = func(gonvml.TemperatureSensors) (uint32, gonvml.Return) { return 41, gonvml.SUCCESS }
+		md.GetTemperatureThresholdFunc = func(t gonvml.TemperatureThresholds) (uint32, gonvml.Return) {
+			if t == gonvml.TEMPERATURE_THRESHOLD_SLOWDOWN {
+				return 87, gonvml.SUCCESS
+			}
+			return 92, gonvml.SUCCESS
+		}
+		md.GetPowerUsageFunc = func() (uint32, gonvml.Return) { return 71_000, gonvml.SUCCESS }
+		md.GetUtilizationRatesFunc = func() (gonvml.Utilization, gonvml.Return) {
+			return gonvml.Utilization{Gpu: 30, Memory: 10}, gonvml.SUCCESS
+		}
+		md.GetTotalEccErrorsFunc = func(gonvml.MemoryErrorType, gonvml.EccCounterType) (uint64, gonvml.Return) {
+			return 0, gonvml.SUCCESS
+		}
+		md.GetRemappedRowsFunc = func() (int, int, bool, bool, gonvml.Return) { return 0, 0, false, false, gonvml.SUCCESS }
+		md.GetRetiredPagesPendingStatusFunc = func() (gonvml.EnableState, gonvml.Return) {
+			return gonvml.FEATURE_DISABLED, gonvml.ERROR_NOT_SUPPORTED
+		}
+		md.GetCurrentClocksEventReasonsFunc = func() (uint64, gonvml.Return) { return 0, gonvml.SUCCESS }
+		md.GetCurrentClocksThrottleReasonsFunc = func() (uint64, gonvml.Return) { return 0x40, gonvml.SUCCESS }
+		md.GetFieldValuesFunc = func(v []gonvml.FieldValue) gonvml.Return {
+			for i := range v {
+				v[i].NvmlReturn = uint32(gonvml.SUCCESS)
+			}
+			return gonvml.SUCCESS
+		}
+	}
+	return n
+}
+
+func open(t *testing.T, n *node) *Source {
+	t.Helper()
+	s, err := New(n.srv, Options{PollTimeout: 200 * time.Millisecond, WaitTimeout: 20 * time.Millisecond, Retry: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func next(t *testing.T, s *Source) gpu.Event {
+	t.Helper()
+	select {
+	case e := <-s.Events():
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event")
+	}
+	return gpu.Event{}
+}
+
+func TestInitFailureMakesNoFurtherCall(t *testing.T) {
+	// Every other method of this mock is nil and panics when called.
+	m := &mock.Interface{InitFunc: func() gonvml.Return { return gonvml.ERROR_LIBRARY_NOT_FOUND }}
+	_, err := New(m, Options{})
+	var ie *InitError
+	if !errors.As(err, &ie) || !ie.NoDriver() || !errors.Is(err, gonvml.ERROR_LIBRARY_NOT_FOUND) {
+		t.Fatalf("got %v", err)
+	}
+	if len(m.InitCalls()) != 1 || len(m.DeviceGetCountCalls()) != 0 || len(m.ShutdownCalls()) != 0 {
+		t.Fatal("NVML was called after a failed Init")
+	}
+}
+
+func TestHealthyEightGPUNode(t *testing.T) {
+	n := healthyNode(t)
+	s := open(t, n)
+	devs := s.Devices()
+	if len(devs) != 8 {
+		t.Fatalf("%d devices", len(devs))
+	}
+	samples, err := s.Sample(context.Background())
+	if err != nil || len(samples) != 8 {
+		t.Fatalf("sample: %v %d", err, len(samples))
+	}
+	for i, sm := range samples {
+		if sm.UUID != devs[i].UUID || sm.TempC.V != 41 || sm.PowerMilliwatts.V != 71_000 || !sm.RemapFailed.OK ||
+			sm.RetiredPagesPending.OK || sm.ClockEventReasons.V != 0 || !sm.RecoveryAction.OK || sm.Lost {
+			t.Fatalf("sample %d: %+v", i, sm)
+		}
+		if v := gpu.Evaluate(gpu.Verdict{}, nil, &sm, nil, time.Now(), gpu.DefaultPolicy()); v.State != gpu.Healthy {
+			t.Fatalf("GPU %d: %+v", i, v)
+		}
+	}
+}
+
+func TestXIDEventsMapToTheirGPU(t *testing.T) {
+	n := healthyNode(t)
+	s := open(t, n)
+	three := n.srv.Devices[3]
+	n.events <- gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 79,
+		GpuInstanceId: gpu.NoInstance, ComputeInstanceId: gpu.NoInstance}
+	e := next(t, s)
+	uuid3, _ := three.GetUUID()
+	if e.Kind != gpu.EventXID || e.XID != 79 || e.UUID != uuid3 {
+		t.Fatalf("event %+v", e)
+	}
+	samples, _ := s.Sample(context.Background())
+	pol := gpu.DefaultPolicy()
+	for i, sm := range samples {
+		var evs []gpu.Event
+		if sm.UUID == e.UUID {
+			evs = []gpu.Event{e}
+		}
+		want := gpu.Healthy
+		if i == 3 {
+			want = gpu.Unhealthy
+		}
+		if v := gpu.Evaluate(gpu.Verdict{}, nil, &sm, evs, time.Now(), pol); v.State != want {
+			t.Fatalf("GPU %d: %v, want %v", i, v.State, want)
+		}
+	}
+	n.events <- gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 13}
+	if e := next(t, s); gpu.DefaultPolicy().Severity(e.XID) != gpu.SeverityIgnore {
+		t.Fatalf("XID 13 not ignored: %+v", e)
+	}
+}
+
+func TestWaitErrorsRecreateTheEventSet(t *testing.T) {
+	n := healthyNode(t)
+	s := open(t, n)
+	n.waitErr.Store(int32(gonvml.ERROR_UNKNOWN))
+	deadline := time.Now().Add(5 * time.Second)
+	for n.sets.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("event set not recreated after a Wait error")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	n.events <- gonvml.EventData{Device: n.srv.Devices[0], EventType: gonvml.EventTypeDoubleBitEccError}
+	if e := next(t, s); e.Kind != gpu.EventDBE {
+		t.Fatalf("after recovery: %+v", e)
+	}
+}
+
+func TestGPUIsLostMarksEveryGPU(t *testing.T) {
+	n := healthyNode(t)
+	s := open(t, n)
+	n.waitErr.Store(int32(gonvml.ERROR_GPU_IS_LOST))
+	seen := map[string]bool{}
+	for range 8 {
+		e := next(t, s)
+		if e.Kind != gpu.EventLost {
+			t.Fatalf("event %+v", e)
+		}
+		seen[e.UUID] = true
+	}
+	if len(seen) != 8 {
+		t.Fatalf("lost events for %d GPUs", len(seen))
+	}
+}
+
+func TestBlockingGetterTimesOut(t *testing.T) {
+	n := healthyNode(t)
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	n.srv.Devices[5].(*server.Device).GetTemperatureFunc = func(gonvml.TemperatureSensors) (uint32, gonvml.Return) {
+		<-release // a wedged GPU
+		return 0, gonvml.ERROR_GPU_IS_LOST
+	}
+	s := open(t, n)
+	start := time.Now()
+	if _, err := s.Sample(context.Background()); !errors.Is(err, ErrPollTimeout) {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("timed out after %v", d)
+	}
+	if _, err := s.Sample(context.Background()); !errors.Is(err, ErrPollTimeout) {
+		t.Fatalf("a second poll started while the first is stuck: %v", err)
+	}
+	once.Do(func() { close(release) })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		samples, err := s.Sample(context.Background())
+		if err == nil {
+			if !samples[5].Lost {
+				t.Fatalf("GPU_IS_LOST not reported: %+v", samples[5])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("polling did not resume")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestOptionalSymbolFallback(t *testing.T) {
+	n := healthyNode(t)
+	n.srv.LookupSymbolFunc = func(string) error { return errors.New("undefined symbol") }
+	s := open(t, n)
+	samples, err := s.Sample(context.Background())
+	if err != nil || samples[0].ClockEventReasons.V != 0x40 {
+		t.Fatalf("fallback not used: %v %+v", err, samples[0].ClockEventReasons)
+	}
+	if v := gpu.Evaluate(gpu.Verdict{}, nil, &samples[0], nil, time.Now(), gpu.DefaultPolicy()); v.State != gpu.Degraded {
+		t.Fatalf("hardware slowdown not degraded: %+v", v)
+	}
+}

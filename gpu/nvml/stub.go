@@ -1,0 +1,23 @@
+//go:build !linux || !cgo
+
+// Package nvml reads GPU health from the NVIDIA driver through go-nvml. This build has
+// no cgo, so GPU monitoring is unavailable.
+package nvml
+
+import (
+	"errors"
+	"time"
+
+	"github.com/probe-agent/probe-agent/gpu"
+)
+
+// ErrUnavailable says this build cannot talk to NVML.
+var ErrUnavailable = errors.New("GPU monitoring unavailable: built without cgo")
+
+// Options tune the source.
+type Options struct {
+	PollTimeout, WaitTimeout, Retry time.Duration
+}
+
+// Load always fails in this build.
+func Load(string, Options) (gpu.Source, error) { return nil, ErrUnavailable }
