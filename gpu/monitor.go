@@ -1,0 +1,168 @@
+package gpu
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Status is one GPU's latest state.
+type Status struct {
+	Device  Device
+	Sample  *Sample
+	Verdict Verdict
+	// XIDs counts the XID events seen per XID number since the agent started.
+	XIDs map[uint64]uint64
+}
+
+// Snapshot is what the monitor knows of every GPU.
+type Snapshot struct {
+	// Up says whether GPU data is flowing (NVML initialised and the last poll worked).
+	Up   bool
+	GPUs []Status
+}
+
+// Monitor polls a Source, follows its events and keeps each GPU's verdict. It logs one
+// line per event and one per health transition, never one per poll.
+type Monitor struct {
+	src      Source
+	pol      Policy
+	interval time.Duration
+	log      *zap.Logger
+
+	mu      sync.Mutex
+	devs    []Device
+	status  map[string]*Status
+	pending map[string][]Event
+	up      bool
+	notify  chan struct{}
+}
+
+// NewMonitor returns a monitor of src that polls every interval (default 10 s).
+func NewMonitor(src Source, pol Policy, interval time.Duration, log *zap.Logger) *Monitor {
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	m := &Monitor{src: src, pol: pol, interval: interval, log: log, devs: src.Devices(),
+		status: map[string]*Status{}, pending: map[string][]Event{}, notify: make(chan struct{}, 1)}
+	for _, d := range m.devs {
+		m.status[d.UUID] = &Status{Device: d, XIDs: map[uint64]uint64{}}
+	}
+	return m
+}
+
+// Notify is signalled when a GPU's verdict changes.
+func (m *Monitor) Notify() <-chan struct{} { return m.notify }
+
+// Run polls and follows events until ctx ends.
+func (m *Monitor) Run(ctx context.Context) {
+	m.poll(ctx)
+	tick := time.NewTicker(m.interval)
+	defer tick.Stop()
+	events := m.src.Events()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			m.poll(ctx)
+		case e, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			m.event(e)
+			m.poll(ctx) // act on a fatal event now, not at the next tick
+		}
+	}
+}
+
+func (m *Monitor) event(e Event) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, ok := m.status[e.UUID]
+	if !ok {
+		return
+	}
+	fields := []zap.Field{zap.String("gpu_uuid", e.UUID), zap.Int("gpu_index", st.Device.Index), zap.String("kind", e.Kind.String())}
+	if e.Kind == EventXID {
+		st.XIDs[e.XID]++
+		fields = append(fields, zap.Uint64("xid", e.XID), zap.String("xid_name", XIDName(e.XID)),
+			zap.String("severity", m.pol.Severity(e.XID).String()))
+	}
+	if e.GI != NoInstance {
+		fields = append(fields, zap.Uint32("gi", e.GI), zap.Uint32("ci", e.CI))
+	}
+	m.log.Warn("gpu event", fields...)
+	m.pending[e.UUID] = append(m.pending[e.UUID], e)
+}
+
+// poll samples every GPU and re-evaluates its verdict with the events since the last
+// poll. A failed poll makes every verdict Unknown, which never takes readiness away.
+func (m *Monitor) poll(ctx context.Context) {
+	samples, err := m.src.Sample(ctx)
+	if err != nil {
+		samples = nil // nothing from a failed poll is trusted
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil && m.up {
+		m.log.Warn("gpu poll failed", zap.Error(err))
+	}
+	m.up = err == nil
+	byUUID := map[string]*Sample{}
+	for i := range samples {
+		byUUID[samples[i].UUID] = &samples[i]
+	}
+	now := time.Now()
+	changed := false
+	for _, d := range m.devs {
+		st := m.status[d.UUID]
+		cur := byUUID[d.UUID]
+		v := Evaluate(st.Verdict, st.Sample, cur, m.pending[d.UUID], now, m.pol)
+		delete(m.pending, d.UUID)
+		if v.State != st.Verdict.State {
+			changed = true
+			level := zap.InfoLevel
+			if v.State == Unhealthy {
+				level = zap.ErrorLevel
+			}
+			m.log.Log(level, "gpu health changed", zap.String("gpu_uuid", d.UUID), zap.Int("gpu_index", d.Index),
+				zap.String("from", st.Verdict.State.String()), zap.String("to", v.State.String()), zap.String("reasons", v.Codes()))
+		}
+		st.Verdict = v
+		if cur != nil {
+			st.Sample = cur
+		}
+	}
+	if changed {
+		select {
+		case m.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Snapshot returns a copy of every GPU's state, in index order.
+func (m *Monitor) Snapshot() Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := Snapshot{Up: m.up}
+	for _, d := range m.devs {
+		st := *m.status[d.UUID]
+		xids := make(map[uint64]uint64, len(st.XIDs))
+		for k, v := range st.XIDs {
+			xids[k] = v
+		}
+		st.XIDs = xids
+		s.GPUs = append(s.GPUs, st)
+	}
+	sort.Slice(s.GPUs, func(i, j int) bool { return s.GPUs[i].Device.Index < s.GPUs[j].Device.Index })
+	return s
+}

@@ -1,0 +1,89 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// fakeSource is a Source whose samples and events the test sets.
+type fakeSource struct {
+	mu      sync.Mutex
+	devs    []Device
+	samples []Sample
+	err     error
+	events  chan Event
+}
+
+func (f *fakeSource) Devices() []Device { return f.devs }
+func (f *fakeSource) Sample(context.Context) ([]Sample, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Sample(nil), f.samples...), f.err
+}
+func (f *fakeSource) Events() <-chan Event { return f.events }
+func (f *fakeSource) Close() error        { return nil }
+
+func (f *fakeSource) set(fn func(*fakeSource)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
+	devs := node()[:2]
+	src := &fakeSource{devs: devs, events: make(chan Event, 4)}
+	for _, d := range devs {
+		src.samples = append(src.samples, Sample{UUID: d.UUID, ECCCorrVolatile: Some[uint64](5), RecoveryAction: Some[uint32](0)})
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	m := NewMonitor(src, DefaultPolicy(), time.Hour, zap.New(core))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	wait := func(what string, cond func(Snapshot) bool) Snapshot {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			s := m.Snapshot()
+			if cond(s) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s: %+v", what, s)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait("healthy", func(s Snapshot) bool { return s.Up && s.GPUs[0].Verdict.State == Healthy && s.GPUs[1].Verdict.State == Healthy })
+	src.events <- Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance}
+	s := wait("GPU 1 unhealthy", func(s Snapshot) bool { return s.GPUs[1].Verdict.State == Unhealthy })
+	if s.GPUs[0].Verdict.State != Healthy || s.GPUs[1].Verdict.XID() != 79 || s.GPUs[1].XIDs[79] != 1 {
+		t.Fatalf("snapshot %+v", s)
+	}
+	select {
+	case <-m.Notify():
+	case <-time.After(time.Second):
+		t.Fatal("no notification of the change")
+	}
+	if logs.FilterMessage("gpu event").FilterField(zap.String("xid_name", "GPU_HAS_FALLEN_OFF_THE_BUS")).Len() != 1 ||
+		logs.FilterMessage("gpu health changed").FilterField(zap.String("to", "unhealthy")).Len() != 1 {
+		t.Fatalf("logs: %v", logs.All())
+	}
+	// A reset (volatile counters back to zero) brings it back.
+	src.set(func(f *fakeSource) { f.samples[1].ECCCorrVolatile = Some[uint64](0) })
+	src.events <- Event{UUID: devs[1].UUID, Kind: EventXID, XID: 13, GI: NoInstance, CI: NoInstance}
+	wait("GPU 1 healthy again", func(s Snapshot) bool { return s.GPUs[1].Verdict.State == Healthy })
+
+	// A failing poll is Unknown, not unhealthy.
+	src.set(func(f *fakeSource) { f.err = errors.New("poll timed out") })
+	src.events <- Event{UUID: devs[0].UUID, Kind: EventSBE, GI: NoInstance, CI: NoInstance}
+	wait("unknown", func(s Snapshot) bool { return !s.Up && s.GPUs[0].Verdict.State == Unknown })
+}
