@@ -27,7 +27,7 @@ func (f *fakeSource) Sample(context.Context) ([]Sample, error) {
 	return append([]Sample(nil), f.samples...), f.err
 }
 func (f *fakeSource) Events() <-chan Event { return f.events }
-func (f *fakeSource) Close() error        { return nil }
+func (f *fakeSource) Close() error         { return nil }
 
 func (f *fakeSource) set(fn func(*fakeSource)) {
 	f.mu.Lock()
@@ -62,7 +62,9 @@ func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	wait("healthy", func(s Snapshot) bool { return s.Up && s.GPUs[0].Verdict.State == Healthy && s.GPUs[1].Verdict.State == Healthy })
+	wait("healthy", func(s Snapshot) bool {
+		return s.Up && s.GPUs[0].Verdict.State == Healthy && s.GPUs[1].Verdict.State == Healthy
+	})
 	src.events <- Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance}
 	s := wait("GPU 1 unhealthy", func(s Snapshot) bool { return s.GPUs[1].Verdict.State == Unhealthy })
 	if s.GPUs[0].Verdict.State != Healthy || s.GPUs[1].Verdict.XID() != 79 || s.GPUs[1].XIDs[79] != 1 {
