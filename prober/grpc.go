@@ -23,7 +23,7 @@ func GRPC(ctx context.Context, t Target, c *service.Check) Result {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent(UserAgent),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
-			c, err := dial(ctx, t, "tcp", a)
+			c, err := dial(ctx, t, "tcp", a, lingerSeconds)
 			if err != nil {
 				dialErr.Store(&err)
 			}

@@ -29,7 +29,7 @@ var httpTransport = &http.Transport{
 		if !ok {
 			return nil, errors.New("http probe: no target in context")
 		}
-		return dial(ctx, t, network, addr)
+		return dial(ctx, t, network, addr, lingerSeconds)
 	},
 }
 
