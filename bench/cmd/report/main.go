@@ -124,7 +124,7 @@ Rows whose baseline is "budget" compare with a fixed budget from the project's g
 
 ## The design in short
 
-One hierarchical timer wheel (8 levels of 64 slots, 1 ms ticks) holds every probe.
+One hierarchical timer wheel (6 levels of 256 slots, 1 ms ticks) holds every probe.
 Timers cascade down a level as they come due, so a probe fires at most one tick after
 its due time and never before. Insert, cancel and re-arm are O(1) (a leading-zero count,
 a list link, a bitmap bit); each timer is touched at most once per level. One driver
