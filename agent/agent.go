@@ -460,16 +460,16 @@ func metricsName(cs *containerState) metrics.Container {
 	return metrics.Container{Namespace: cs.c.Namespace, Pod: cs.c.Pod, Name: cs.c.Container}
 }
 
-// readiness computes started and ready for a container; called with a.mu held.
-func (a *Agent) readiness(cs *containerState) (started, ready bool, st prober.Status, ok bool) {
-	st, ok = a.mgr.Status(cs.c.Name)
+// readiness computes started and ready for a container from the probes of its
+// current instance; called with a.mu held.
+func (a *Agent) readiness(cs *containerState) (started, ready bool) {
+	st, ok := a.mgr.Summary(cs.c.Name)
 	if !ok || st.Instance != cs.instance {
-		return false, false, st, false
+		return false, false
 	}
-	started = st.Started
-	ready = cs.state == StateRunning && started &&
+	ready = cs.state == StateRunning && st.Started &&
 		(!st.Has[service.Readiness] || st.Values[service.Readiness] == prober.ValueSuccess)
-	return started, ready, st, true
+	return st.Started, ready
 }
 
 // publish updates a container's gauges; called with a.mu held.
@@ -477,7 +477,7 @@ func (a *Agent) publish(cs *containerState) {
 	if a.m == nil {
 		return
 	}
-	started, ready, _, _ := a.readiness(cs)
+	started, ready := a.readiness(cs)
 	a.m.SetContainer(metricsName(cs), ready, started, cs.backoffFor)
 }
 
@@ -519,8 +519,9 @@ func (a *Agent) Container(name string) (ContainerStatus, bool) {
 }
 
 func (a *Agent) status(cs *containerState) ContainerStatus {
-	started, ready, st, ok := a.readiness(cs)
-	if !ok {
+	started, ready := a.readiness(cs)
+	st, ok := a.mgr.Status(cs.c.Name)
+	if !ok || st.Instance != cs.instance {
 		st = cs.lastProbes
 	}
 	s := ContainerStatus{

@@ -53,12 +53,8 @@ func loadState(dir string) (savedState, error) {
 
 // writeState replaces the state file atomically: a complete new file is synced and
 // renamed over the old one, so a crash leaves either the old or the new state.
-func writeState(dir string, s savedState) error {
+func writeState(dir string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(dir, stateFile+".*")
@@ -91,7 +87,7 @@ func writeState(dir string, s savedState) error {
 func (a *Agent) snapshot() savedState {
 	s := savedState{Version: 1, Containers: map[string]savedContainer{}}
 	for name, cs := range a.ctrs {
-		started, ready, _, _ := a.readiness(cs)
+		started, ready := a.readiness(cs)
 		delay, last := cs.backoff.State()
 		s.Containers[name] = savedContainer{Instance: cs.instance, RestartCount: cs.restarts, Started: started,
 			Ready: ready, LastExitCode: cs.lastExit, BackoffDelay: delay, BackoffLast: last}
@@ -104,12 +100,11 @@ func (a *Agent) persist() {
 	if a.opts.StateDir == "" {
 		return
 	}
-	s := a.snapshot()
-	data, _ := json.Marshal(s)
-	if string(data) == a.lastSaved {
+	data, err := json.MarshalIndent(a.snapshot(), "", "  ")
+	if err != nil || string(data) == a.lastSaved {
 		return
 	}
-	if err := writeState(a.opts.StateDir, s); err != nil {
+	if err := writeState(a.opts.StateDir, data); err != nil {
 		a.log.Error("cannot save state", zap.String("state_dir", a.opts.StateDir), zap.Error(err))
 		return
 	}

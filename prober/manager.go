@@ -450,8 +450,15 @@ func (m *Manager) Drain(buf []Transition) []Transition {
 	return buf
 }
 
-// Status returns the probe state of a registered container.
-func (m *Manager) Status(id string) (Status, bool) {
+// Status returns the probe state of a registered container, with each probe's detail
+// and history for the status API.
+func (m *Manager) Status(id string) (Status, bool) { return m.status(id, true) }
+
+// Summary returns what Status does without the per-probe detail: instance, started and
+// each probe's published value. It copies no history.
+func (m *Manager) Summary(id string) (Status, bool) { return m.status(id, false) }
+
+func (m *Manager) status(id string, detail bool) (Status, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g := m.groups[id]
@@ -465,6 +472,9 @@ func (m *Manager) Status(id string) (Status, bool) {
 		}
 		st.Has[t] = true
 		st.Values[t] = p.state.Value
+		if !detail {
+			continue
+		}
 		succ, fail := p.state.Consecutive()
 		ps := &ProbeStatus{Method: p.method, Result: p.state.Value.String(),
 			ConsecutiveSuccesses: succ, ConsecutiveFailures: fail, History: []HistoryEntry{}}

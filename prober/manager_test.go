@@ -313,6 +313,10 @@ func TestRestoredStateKeepsStartedAndReady(t *testing.T) {
 	if !st.Started || st.Values[service.Readiness] != ValueSuccess {
 		t.Fatalf("restored status %+v", st)
 	}
+	if sum, _ := m.Summary("c"); sum.Started != st.Started || sum.Values != st.Values || sum.Has != st.Has ||
+		sum.Probes != [3]*ProbeStatus{} {
+		t.Fatalf("summary %+v differs from status %+v or carries detail", sum, st)
+	}
 	waitFor(t, "readiness probed", func() bool { return len(tg.times("ready")) > 0 })
 	time.Sleep(100 * time.Millisecond)
 	if len(tg.times("startup")) != 0 {
