@@ -207,6 +207,11 @@ func TestIntegrationContainerdDaemonRestartLosesNothing(t *testing.T) {
 	if got := h.a.Manager().Scheduled(); got > probes {
 		t.Errorf("%d probes scheduled after reconnecting for %d checks: duplicate workers", got, probes)
 	}
+	// Re-listing after the reconnect must not report known instances again: that would
+	// register their probes anew and reset their state.
+	if n := h.logs.FilterMessage("container started").Len(); n != 2 {
+		t.Errorf("%d \"container started\" lines for 2 containers: instances reported again after reconnecting", n)
+	}
 	if n := h.logs.FilterMessage("containerd connected").Len(); n != 2 {
 		t.Errorf("connected %d times, want 2", n)
 	}

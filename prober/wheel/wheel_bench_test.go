@@ -41,8 +41,9 @@ func BenchmarkReArm(b *testing.B) {
 	}
 }
 
-// BenchmarkInsert adds timers, in rounds of 100k into an empty wheel.
-func BenchmarkInsert(b *testing.B) {
+// inRounds runs b.N operations in rounds of at most 100k timers: each round starts from
+// an empty wheel, setup fills it untimed, and timed does the n measured operations.
+func inRounds(b *testing.B, setup, timed func(w *Wheel, ts []Timer)) {
 	ts := make([]Timer, pending)
 	w := New(0)
 	b.ReportAllocs()
@@ -52,56 +53,44 @@ func BenchmarkInsert(b *testing.B) {
 		*w = Wheel{}
 		n := min(pending, b.N-done)
 		clear(ts)
+		setup(w, ts[:n])
 		b.StartTimer()
-		for i := range n {
-			w.Add(&ts[i], int64(1+(i*7919)%10_000))
-		}
+		timed(w, ts[:n])
 		done += n
 	}
 }
 
-// BenchmarkCancel removes timers, in rounds of 100k from a wheel holding them.
+func spread(w *Wheel, ts []Timer) {
+	for i := range ts {
+		w.Add(&ts[i], int64(1+(i*7919)%10_000))
+	}
+}
+
+// BenchmarkInsert adds timers to an empty wheel, up to 100k.
+func BenchmarkInsert(b *testing.B) {
+	inRounds(b, func(*Wheel, []Timer) {}, spread)
+}
+
+// BenchmarkCancel removes timers from a wheel holding up to 100k.
 func BenchmarkCancel(b *testing.B) {
-	ts := make([]Timer, pending)
-	w := New(0)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for done := 0; done < b.N; {
-		b.StopTimer()
-		*w = Wheel{}
-		n := min(pending, b.N-done)
-		for i := range n {
-			w.Add(&ts[i], int64(1+(i*7919)%10_000))
-		}
-		b.StartTimer()
-		for i := range n {
+	inRounds(b, spread, func(w *Wheel, ts []Timer) {
+		for i := range ts {
 			w.Cancel(&ts[i])
 		}
-		done += n
-	}
+	})
 }
 
-// BenchmarkExpireOnly fires timers, cascades included: rounds of 100k timers spread
-// over ten seconds of 1 ms ticks, with nothing re-armed.
+// BenchmarkExpireOnly fires timers, cascades included: up to 100k timers spread over
+// ten seconds of 1 ms ticks, with nothing re-armed.
 func BenchmarkExpireOnly(b *testing.B) {
-	ts := make([]Timer, pending)
 	r := rand.New(rand.NewPCG(5, 6))
 	fired := 0
 	fire := func(*Timer) { fired++ }
-	w := New(0)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for done := 0; done < b.N; {
-		b.StopTimer()
-		*w = Wheel{}
-		n := min(pending, b.N-done)
-		for i := range n {
+	inRounds(b, func(w *Wheel, ts []Timer) {
+		for i := range ts {
 			w.Add(&ts[i], 1+r.Int64N(10_000))
 		}
-		b.StartTimer()
-		w.Advance(10_001, fire)
-		done += n
-	}
+	}, func(w *Wheel, _ []Timer) { w.Advance(10_001, fire) })
 	if fired != b.N {
 		b.Fatalf("fired %d of %d", fired, b.N)
 	}
