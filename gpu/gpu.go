@@ -36,16 +36,29 @@ type Sample struct {
 	At                                   time.Time
 	TempC, SlowdownTempC, ShutdownTempC  Opt[uint32]
 	PowerMilliwatts                      Opt[uint32]
+	EnergyMillijoules                    Opt[uint64]
 	MemUsedBytes, MemTotalBytes          Opt[uint64]
 	UtilGPUPct, UtilMemPct               Opt[uint32]
 	ECCUncorrVolatile, ECCCorrVolatile   Opt[uint64]
 	ECCUncorrAggregate, ECCCorrAggregate Opt[uint64]
+	RemappedRowsCorr, RemappedRowsUnc    Opt[int]
 	RemapPending, RemapFailed            Opt[bool]
 	RetiredPagesPending                  Opt[bool]
 	ClockEventReasons                    Opt[uint64]
+	PCIeReplays                          Opt[uint64]
 	RecoveryAction                       Opt[uint32]
 	// Lost is set when any call said the GPU is lost (fallen off the bus).
 	Lost bool
+	// Errors are the calls of this poll that failed with something other than "not
+	// supported", for self-monitoring.
+	Errors []CallError
+}
+
+// CallError is one failed NVML call: the function and the error it returned
+// (ERROR_UNKNOWN, ERROR_GPU_IS_LOST, …).
+type CallError struct {
+	Call   string
+	Return string
 }
 
 // EventKind says what an NVML event reported.
@@ -81,6 +94,8 @@ const NoInstance = 0xFFFFFFFF
 // Source is what gpu/nvml implements and tests fake.
 type Source interface {
 	Devices() []Device
+	// DriverVersion is the NVIDIA driver's version, or "" when unknown.
+	DriverVersion() string
 	Sample(ctx context.Context) ([]Sample, error)
 	Events() <-chan Event
 	Close() error

@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -14,16 +15,24 @@ type Status struct {
 	Device  Device
 	Sample  *Sample
 	Verdict Verdict
-	// XIDs counts the XID events seen per XID number since the agent started.
-	XIDs map[uint64]uint64
+	// XIDs counts the XID events seen per XID number since the agent started; LastXID
+	// is the latest one (0 for none).
+	XIDs    map[uint64]uint64
+	LastXID uint64
 }
 
 // Snapshot is what the monitor knows of every GPU.
 type Snapshot struct {
 	// Up says whether GPU data is flowing (NVML initialised and the last poll worked).
-	Up   bool
-	GPUs []Status
+	Up            bool
+	DriverVersion string
+	GPUs          []Status
+	// NVMLErrors counts failed NVML calls by call and error since the agent started.
+	NVMLErrors map[CallError]uint64
 }
+
+// ErrPollTimeout says a poll did not finish in time: a GPU may be wedged.
+var ErrPollTimeout = errors.New("GPU poll timed out (a GPU may be wedged)")
 
 // Monitor polls a Source, follows its events and keeps each GPU's verdict. It logs one
 // line per event and one per health transition, never one per poll.
@@ -38,6 +47,7 @@ type Monitor struct {
 	status  map[string]*Status
 	pending map[string][]Event
 	up      bool
+	errs    map[CallError]uint64
 	notify  chan struct{}
 }
 
@@ -50,12 +60,16 @@ func NewMonitor(src Source, pol Policy, interval time.Duration, log *zap.Logger)
 		log = zap.NewNop()
 	}
 	m := &Monitor{src: src, pol: pol, interval: interval, log: log, devs: src.Devices(),
-		status: map[string]*Status{}, pending: map[string][]Event{}, notify: make(chan struct{}, 1)}
+		status: map[string]*Status{}, pending: map[string][]Event{}, errs: map[CallError]uint64{},
+		notify: make(chan struct{}, 1)}
 	for _, d := range m.devs {
 		m.status[d.UUID] = &Status{Device: d, XIDs: map[uint64]uint64{}}
 	}
 	return m
 }
+
+// Devices returns the GPUs the monitor watches.
+func (m *Monitor) Devices() []Device { return m.devs }
 
 // Notify is signalled when a GPU's verdict changes.
 func (m *Monitor) Notify() <-chan struct{} { return m.notify }
@@ -93,6 +107,7 @@ func (m *Monitor) event(e Event) {
 	fields := []zap.Field{zap.String("gpu_uuid", e.UUID), zap.Int("gpu_index", st.Device.Index), zap.String("kind", e.Kind.String())}
 	if e.Kind == EventXID {
 		st.XIDs[e.XID]++
+		st.LastXID = e.XID
 		fields = append(fields, zap.Uint64("xid", e.XID), zap.String("xid_name", XIDName(e.XID)),
 			zap.String("severity", m.pol.Severity(e.XID).String()))
 	}
@@ -116,6 +131,18 @@ func (m *Monitor) poll(ctx context.Context) {
 		m.log.Warn("gpu poll failed", zap.Error(err))
 	}
 	m.up = err == nil
+	if err != nil {
+		ret := "ERROR_UNKNOWN"
+		if errors.Is(err, ErrPollTimeout) {
+			ret = "ERROR_TIMEOUT"
+		}
+		m.errs[CallError{Call: "poll", Return: ret}]++
+	}
+	for _, sm := range samples {
+		for _, ce := range sm.Errors {
+			m.errs[ce]++
+		}
+	}
 	byUUID := map[string]*Sample{}
 	for i := range samples {
 		byUUID[samples[i].UUID] = &samples[i]
@@ -153,7 +180,10 @@ func (m *Monitor) poll(ctx context.Context) {
 func (m *Monitor) Snapshot() Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Snapshot{Up: m.up}
+	s := Snapshot{Up: m.up, DriverVersion: m.src.DriverVersion(), NVMLErrors: make(map[CallError]uint64, len(m.errs))}
+	for k, v := range m.errs {
+		s.NVMLErrors[k] = v
+	}
 	for _, d := range m.devs {
 		st := *m.status[d.UUID]
 		xids := make(map[uint64]uint64, len(st.XIDs))

@@ -20,7 +20,8 @@ type fakeSource struct {
 	events  chan Event
 }
 
-func (f *fakeSource) Devices() []Device { return f.devs }
+func (f *fakeSource) Devices() []Device     { return f.devs }
+func (f *fakeSource) DriverVersion() string { return "550.54.15" }
 func (f *fakeSource) Sample(context.Context) ([]Sample, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -7,7 +7,6 @@ package nvml
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -50,6 +49,7 @@ type Source struct {
 	opts    Options
 	devs    []gpu.Device
 	handles []gonvml.Device
+	driver  string
 	clocks  func(gonvml.Device) (uint64, gonvml.Return)
 	events  chan gpu.Event
 	polling atomic.Bool
@@ -113,6 +113,9 @@ func New(lib gonvml.Interface, opts Options) (*Source, error) {
 		s.devs = append(s.devs, d)
 		s.handles = append(s.handles, h)
 	}
+	if v, ret := lib.SystemGetDriverVersion(); ret == gonvml.SUCCESS {
+		s.driver = v
+	}
 	// Newer drivers renamed the clock throttle reasons; an unversioned symbol must be
 	// looked up before it is called.
 	s.clocks = func(h gonvml.Device) (uint64, gonvml.Return) { return h.GetCurrentClocksThrottleReasons() }
@@ -140,11 +143,14 @@ func busID(p gonvml.PciInfo) string {
 // Devices returns the GPUs found at start.
 func (s *Source) Devices() []gpu.Device { return s.devs }
 
+// DriverVersion returns the driver's version, read at start.
+func (s *Source) DriverVersion() string { return s.driver }
+
 // Events returns GPU events; it is closed by Close.
 func (s *Source) Events() <-chan gpu.Event { return s.events }
 
 // ErrPollTimeout says a poll did not finish in time: a GPU may be wedged.
-var ErrPollTimeout = errors.New("nvml: poll timed out (a GPU may be wedged)")
+var ErrPollTimeout = gpu.ErrPollTimeout
 
 // Sample reads every GPU once. It returns ErrPollTimeout when the reads outlast
 // PollTimeout, and while such a stuck poll has not returned, so that stuck calls do
@@ -178,28 +184,37 @@ func (s *Source) Sample(ctx context.Context) ([]gpu.Sample, error) {
 // GPU_IS_LOST from any of them marks the GPU lost.
 func (s *Source) sample(h gonvml.Device, uuid string) gpu.Sample {
 	sm := gpu.Sample{UUID: uuid, At: time.Now()}
-	ok := func(ret gonvml.Return) bool {
-		if ret == gonvml.ERROR_GPU_IS_LOST {
+	ok := func(call string, ret gonvml.Return) bool {
+		switch ret {
+		case gonvml.SUCCESS:
+			return true
+		case gonvml.ERROR_NOT_SUPPORTED:
+			return false
+		case gonvml.ERROR_GPU_IS_LOST:
 			sm.Lost = true
 		}
-		return ret == gonvml.SUCCESS
+		sm.Errors = append(sm.Errors, gpu.CallError{Call: call, Return: returnName(ret)})
+		return false
 	}
-	if v, ret := h.GetTemperature(gonvml.TEMPERATURE_GPU); ok(ret) {
+	if v, ret := h.GetTemperature(gonvml.TEMPERATURE_GPU); ok("GetTemperature", ret) {
 		sm.TempC = gpu.Some(v)
 	}
-	if v, ret := h.GetTemperatureThreshold(gonvml.TEMPERATURE_THRESHOLD_SLOWDOWN); ok(ret) {
+	if v, ret := h.GetTemperatureThreshold(gonvml.TEMPERATURE_THRESHOLD_SLOWDOWN); ok("GetTemperatureThreshold", ret) {
 		sm.SlowdownTempC = gpu.Some(v)
 	}
-	if v, ret := h.GetTemperatureThreshold(gonvml.TEMPERATURE_THRESHOLD_SHUTDOWN); ok(ret) {
+	if v, ret := h.GetTemperatureThreshold(gonvml.TEMPERATURE_THRESHOLD_SHUTDOWN); ok("GetTemperatureThreshold", ret) {
 		sm.ShutdownTempC = gpu.Some(v)
 	}
-	if v, ret := h.GetPowerUsage(); ok(ret) {
+	if v, ret := h.GetPowerUsage(); ok("GetPowerUsage", ret) {
 		sm.PowerMilliwatts = gpu.Some(v)
 	}
-	if m, ret := h.GetMemoryInfo(); ok(ret) {
+	if v, ret := h.GetTotalEnergyConsumption(); ok("GetTotalEnergyConsumption", ret) {
+		sm.EnergyMillijoules = gpu.Some(v)
+	}
+	if m, ret := h.GetMemoryInfo(); ok("GetMemoryInfo", ret) {
 		sm.MemUsedBytes, sm.MemTotalBytes = gpu.Some(m.Used), gpu.Some(m.Total)
 	}
-	if u, ret := h.GetUtilizationRates(); ok(ret) {
+	if u, ret := h.GetUtilizationRates(); ok("GetUtilizationRates", ret) {
 		sm.UtilGPUPct, sm.UtilMemPct = gpu.Some(u.Gpu), gpu.Some(u.Memory)
 	}
 	for _, e := range []struct {
@@ -212,21 +227,25 @@ func (s *Source) sample(h gonvml.Device, uuid string) gpu.Sample {
 		{gonvml.MEMORY_ERROR_TYPE_UNCORRECTED, gonvml.AGGREGATE_ECC, &sm.ECCUncorrAggregate},
 		{gonvml.MEMORY_ERROR_TYPE_CORRECTED, gonvml.AGGREGATE_ECC, &sm.ECCCorrAggregate},
 	} {
-		if v, ret := h.GetTotalEccErrors(e.t, e.c); ok(ret) {
+		if v, ret := h.GetTotalEccErrors(e.t, e.c); ok("GetTotalEccErrors", ret) {
 			*e.dst = gpu.Some(v)
 		}
 	}
-	if _, _, pending, failed, ret := h.GetRemappedRows(); ok(ret) {
+	if corr, unc, pending, failed, ret := h.GetRemappedRows(); ok("GetRemappedRows", ret) {
+		sm.RemappedRowsCorr, sm.RemappedRowsUnc = gpu.Some(corr), gpu.Some(unc)
 		sm.RemapPending, sm.RemapFailed = gpu.Some(pending), gpu.Some(failed)
 	}
-	if v, ret := h.GetRetiredPagesPendingStatus(); ok(ret) {
+	if v, ret := h.GetRetiredPagesPendingStatus(); ok("GetRetiredPagesPendingStatus", ret) {
 		sm.RetiredPagesPending = gpu.Some(v == gonvml.FEATURE_ENABLED)
 	}
-	if v, ret := s.clocks(h); ok(ret) {
+	if v, ret := s.clocks(h); ok("GetCurrentClocksEventReasons", ret) {
 		sm.ClockEventReasons = gpu.Some(v)
 	}
+	if v, ret := h.GetPcieReplayCounter(); ok("GetPcieReplayCounter", ret) && v >= 0 {
+		sm.PCIeReplays = gpu.Some(uint64(v))
+	}
 	fv := []gonvml.FieldValue{{FieldId: gonvml.FI_DEV_GET_GPU_RECOVERY_ACTION}}
-	if ok(h.GetFieldValues(fv)) && gonvml.Return(fv[0].NvmlReturn) == gonvml.SUCCESS {
+	if ok("GetFieldValues", h.GetFieldValues(fv)) && gonvml.Return(fv[0].NvmlReturn) == gonvml.SUCCESS {
 		sm.RecoveryAction = gpu.Some(uint32(fv[0].Value[0]))
 	}
 	return sm
@@ -318,4 +337,34 @@ func (s *Source) Close() error {
 		return fmt.Errorf("nvml shutdown: %s", gonvml.ErrorString(ret))
 	}
 	return nil
+}
+
+// returnName is the NVML constant's name of ret, stable whatever the loaded library's
+// nvmlErrorString says, for metric labels.
+func returnName(ret gonvml.Return) string {
+	if n, ok := returnNames[ret]; ok {
+		return n
+	}
+	return fmt.Sprintf("ERROR_%d", int32(ret))
+}
+
+var returnNames = map[gonvml.Return]string{
+	gonvml.ERROR_UNINITIALIZED:           "ERROR_UNINITIALIZED",
+	gonvml.ERROR_INVALID_ARGUMENT:        "ERROR_INVALID_ARGUMENT",
+	gonvml.ERROR_NO_PERMISSION:           "ERROR_NO_PERMISSION",
+	gonvml.ERROR_INSUFFICIENT_POWER:      "ERROR_INSUFFICIENT_POWER",
+	gonvml.ERROR_TIMEOUT:                 "ERROR_TIMEOUT",
+	gonvml.ERROR_IRQ_ISSUE:               "ERROR_IRQ_ISSUE",
+	gonvml.ERROR_LIBRARY_NOT_FOUND:       "ERROR_LIBRARY_NOT_FOUND",
+	gonvml.ERROR_FUNCTION_NOT_FOUND:      "ERROR_FUNCTION_NOT_FOUND",
+	gonvml.ERROR_CORRUPTED_INFOROM:       "ERROR_CORRUPTED_INFOROM",
+	gonvml.ERROR_GPU_IS_LOST:             "ERROR_GPU_IS_LOST",
+	gonvml.ERROR_RESET_REQUIRED:          "ERROR_RESET_REQUIRED",
+	gonvml.ERROR_OPERATING_SYSTEM:        "ERROR_OPERATING_SYSTEM",
+	gonvml.ERROR_LIB_RM_VERSION_MISMATCH: "ERROR_LIB_RM_VERSION_MISMATCH",
+	gonvml.ERROR_IN_USE:                  "ERROR_IN_USE",
+	gonvml.ERROR_MEMORY:                  "ERROR_MEMORY",
+	gonvml.ERROR_NO_DATA:                 "ERROR_NO_DATA",
+	gonvml.ERROR_INSUFFICIENT_RESOURCES:  "ERROR_INSUFFICIENT_RESOURCES",
+	gonvml.ERROR_UNKNOWN:                 "ERROR_UNKNOWN",
 }

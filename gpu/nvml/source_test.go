@@ -62,6 +62,8 @@ func healthyNode(t *testing.T) *node {
 			return 92, gonvml.SUCCESS
 		}
 		md.GetPowerUsageFunc = func() (uint32, gonvml.Return) { return 71_000, gonvml.SUCCESS }
+		md.GetTotalEnergyConsumptionFunc = func() (uint64, gonvml.Return) { return 9_000_000, gonvml.SUCCESS }
+		md.GetPcieReplayCounterFunc = func() (int, gonvml.Return) { return 0, gonvml.SUCCESS }
 		md.GetUtilizationRatesFunc = func() (gonvml.Utilization, gonvml.Return) {
 			return gonvml.Utilization{Gpu: 30, Memory: 10}, gonvml.SUCCESS
 		}
