@@ -47,12 +47,12 @@ func collectorNode(t *testing.T) (*Monitor, []Device) {
 		Errors: []CallError{{Call: "GetPowerUsage", Return: "ERROR_UNKNOWN"}},
 	}}}
 	m := NewMonitor(src, DefaultPolicy(), 0, nil)
-	m.poll(context.Background())
+	m.Poll(context.Background())
 	m.event(Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance})
 	m.event(Event{UUID: devs[1].UUID, Kind: EventXID, XID: 13, GI: NoInstance, CI: NoInstance})
 	m.event(Event{UUID: devs[1].UUID, Kind: EventXID, XID: 999, GI: NoInstance, CI: NoInstance})
 	m.event(Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance})
-	m.poll(context.Background())
+	m.Poll(context.Background())
 	return m, devs
 }
 

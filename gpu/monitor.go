@@ -76,7 +76,7 @@ func (m *Monitor) Notify() <-chan struct{} { return m.notify }
 
 // Run polls and follows events until ctx ends.
 func (m *Monitor) Run(ctx context.Context) {
-	m.poll(ctx)
+	m.Poll(ctx)
 	tick := time.NewTicker(m.interval)
 	defer tick.Stop()
 	events := m.src.Events()
@@ -85,14 +85,14 @@ func (m *Monitor) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			m.poll(ctx)
+			m.Poll(ctx)
 		case e, ok := <-events:
 			if !ok {
 				events = nil
 				continue
 			}
 			m.event(e)
-			m.poll(ctx) // act on a fatal event now, not at the next tick
+			m.Poll(ctx) // act on a fatal event now, not at the next tick
 		}
 	}
 }
@@ -118,9 +118,9 @@ func (m *Monitor) event(e Event) {
 	m.pending[e.UUID] = append(m.pending[e.UUID], e)
 }
 
-// poll samples every GPU and re-evaluates its verdict with the events since the last
+// Poll samples every GPU and re-evaluates its verdict with the events since the last
 // poll. A failed poll makes every verdict Unknown, which never takes readiness away.
-func (m *Monitor) poll(ctx context.Context) {
+func (m *Monitor) Poll(ctx context.Context) {
 	samples, err := m.src.Sample(ctx)
 	if err != nil {
 		samples = nil // nothing from a failed poll is trusted

@@ -106,6 +106,12 @@ func FromSpec(s *specs.Spec) Request {
 	return r
 }
 
+// FromEnv reads a container's GPUs from its environment (KEY=VALUE strings) alone, as
+// the NVIDIA container toolkit reads NVIDIA_VISIBLE_DEVICES.
+func FromEnv(env []string) Request {
+	return FromSpec(&specs.Spec{Process: &specs.Process{Env: env}})
+}
+
 // Empty reports whether the container asks for no GPU.
 func (r Request) Empty() bool { return !r.All && len(r.IDs) == 0 && len(r.Minors) == 0 }
 

@@ -23,7 +23,7 @@ func (s State) String() string { return [...]string{"unknown", "healthy", "degra
 // Reason is one finding behind a verdict.
 type Reason struct {
 	Code     string   `json:"code"`
-	Severity Severity `json:"-"`
+	Severity Severity `json:"severity"`
 	Detail   string   `json:"detail"`
 	XID      uint64   `json:"xid,omitempty"`
 }

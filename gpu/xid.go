@@ -101,6 +101,9 @@ const (
 
 func (s Severity) String() string { return [...]string{"ignore", "warn", "fatal"}[s] }
 
+// MarshalText writes the severity's name.
+func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 // Policy decides what XIDs mean: the defaults, adjusted by the operator's lists. An XID
 // the operator lists as fatal is fatal; one listed as ignored is ignored (so "all"
 // silences every XID not explicitly fatal); otherwise DefaultFatalXIDs are fatal,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/service"
 )
 
@@ -33,6 +34,8 @@ type Container struct {
 	// Err says why the container's checks could not be read (a bad label); Spec is
 	// nil then and the container is reported, not probed.
 	Err error
+	// GPUs is what the container's spec says about the GPUs it uses.
+	GPUs gpu.Request
 }
 
 // EventType says what happened to a container.

@@ -32,6 +32,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.uber.org/zap"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/service"
 )
@@ -375,7 +376,7 @@ func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns st
 
 func sameContainer(a, b runtime.Container) bool {
 	return a.Identity == b.Identity && a.Owned == b.Owned && a.ManagedBy == b.ManagedBy &&
-		reflect.DeepEqual(a.Spec, b.Spec) && fmt.Sprint(a.Err) == fmt.Sprint(b.Err)
+		reflect.DeepEqual(a.Spec, b.Spec) && fmt.Sprint(a.Err) == fmt.Sprint(b.Err) && reflect.DeepEqual(a.GPUs, b.GPUs)
 }
 
 // taskState returns the state of a container's task.
@@ -440,6 +441,7 @@ func (r *Runtime) describe(nctx context.Context, client *containerd.Client, ns s
 		return nil, fmt.Errorf("container %s: spec has no process", info.ID)
 	}
 	d.process = spec.Process
+	d.c.GPUs = gpu.FromSpec(&spec)
 	d.hostNet = true
 	if spec.Linux != nil {
 		for _, n := range spec.Linux.Namespaces {
@@ -794,7 +796,8 @@ func (r *Runtime) startOwned(ctx context.Context, client *containerd.Client) {
 		}
 		r.mu.Lock()
 		_, known := r.entries[name]
-		cc := runtime.Container{Identity: runtime.Identity{Name: name, Container: name}, Spec: cfg, Owned: true}
+		cc := runtime.Container{Identity: runtime.Identity{Name: name, Container: name}, Spec: cfg, Owned: true,
+			GPUs: gpu.FromEnv(cfg.Environ())}
 		if !known {
 			r.entries[name] = &entry{c: cc, ns: OwnedNamespace, id: name}
 		}

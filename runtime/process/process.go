@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/service"
 )
@@ -80,7 +81,8 @@ func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
 	for _, name := range r.order {
 		c := r.ctrs[name]
 		events <- runtime.Event{Type: runtime.Added, Name: name, Time: time.Now(), Container: &runtime.Container{
-			Identity: runtime.Identity{Name: name, Container: name}, Spec: c.spec, Owned: true}}
+			Identity: runtime.Identity{Name: name, Container: name}, Spec: c.spec, Owned: true,
+			GPUs: gpu.FromEnv(c.spec.Environ())}}
 		if err := r.Start(ctx, name); err != nil && !errors.Is(err, errStartFailed) {
 			return err
 		}
