@@ -6,89 +6,30 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"go.uber.org/goleak"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/gpu/nvml/nvmltest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// node is a mocked 8-GPU DGX A100 with every getter the source calls wired healthy, and
-// event sets whose Wait reads from events (or fails as waitErr says).
-type node struct {
-	srv     *server.Server
-	events  chan gonvml.EventData
-	waitErr atomic.Int32 // a Return to give once, 0 for none
-	sets    atomic.Int32
-}
+type node = nvmltest.Node
 
 func healthyNode(t *testing.T) *node {
 	t.Helper()
-	n := &node{srv: dgxa100.New(), events: make(chan gonvml.EventData, 8)}
-	n.srv.EventSetCreateFunc = func() (gonvml.EventSet, gonvml.Return) {
-		n.sets.Add(1)
-		return &mock.EventSet{
-			WaitFunc: func(ms uint32) (gonvml.EventData, gonvml.Return) {
-				if r := n.waitErr.Swap(0); r != 0 {
-					return gonvml.EventData{}, gonvml.Return(r)
-				}
-				select {
-				case e := <-n.events:
-					return e, gonvml.SUCCESS
-				case <-time.After(time.Duration(ms) * time.Millisecond):
-					return gonvml.EventData{}, gonvml.ERROR_TIMEOUT
-				}
-			},
-			FreeFunc: func() gonvml.Return { return gonvml.SUCCESS },
-		}, gonvml.SUCCESS
-	}
-	for _, d := range n.srv.Devices {
-		md := d.(*server.Device)
-		md.GetSupportedEventTypesFunc = func() (uint64, gonvml.Return) { return gonvml.EventTypeAll, gonvml.SUCCESS }
-		md.RegisterEventsFunc = func(uint64, gonvml.EventSet) gonvml.Return { return gonvml.SUCCESS }
-		md.GetTemperatureFunc = func(gonvml.TemperatureSensors) (uint32, gonvml.Return) { return 41, gonvml.SUCCESS }
-		md.GetTemperatureThresholdFunc = func(t gonvml.TemperatureThresholds) (uint32, gonvml.Return) {
-			if t == gonvml.TEMPERATURE_THRESHOLD_SLOWDOWN {
-				return 87, gonvml.SUCCESS
-			}
-			return 92, gonvml.SUCCESS
-		}
-		md.GetPowerUsageFunc = func() (uint32, gonvml.Return) { return 71_000, gonvml.SUCCESS }
-		md.GetTotalEnergyConsumptionFunc = func() (uint64, gonvml.Return) { return 9_000_000, gonvml.SUCCESS }
-		md.GetPcieReplayCounterFunc = func() (int, gonvml.Return) { return 0, gonvml.SUCCESS }
-		md.GetUtilizationRatesFunc = func() (gonvml.Utilization, gonvml.Return) {
-			return gonvml.Utilization{Gpu: 30, Memory: 10}, gonvml.SUCCESS
-		}
-		md.GetTotalEccErrorsFunc = func(gonvml.MemoryErrorType, gonvml.EccCounterType) (uint64, gonvml.Return) {
-			return 0, gonvml.SUCCESS
-		}
-		md.GetRemappedRowsFunc = func() (int, int, bool, bool, gonvml.Return) { return 0, 0, false, false, gonvml.SUCCESS }
-		md.GetRetiredPagesPendingStatusFunc = func() (gonvml.EnableState, gonvml.Return) {
-			return gonvml.FEATURE_DISABLED, gonvml.ERROR_NOT_SUPPORTED
-		}
-		md.GetCurrentClocksEventReasonsFunc = func() (uint64, gonvml.Return) { return 0, gonvml.SUCCESS }
-		md.GetCurrentClocksThrottleReasonsFunc = func() (uint64, gonvml.Return) { return 0x40, gonvml.SUCCESS }
-		md.GetFieldValuesFunc = func(v []gonvml.FieldValue) gonvml.Return {
-			for i := range v {
-				v[i].NvmlReturn = uint32(gonvml.SUCCESS)
-			}
-			return gonvml.SUCCESS
-		}
-	}
-	return n
+	return nvmltest.NewNode()
 }
 
 func open(t *testing.T, n *node) *Source {
 	t.Helper()
-	s, err := New(n.srv, Options{PollTimeout: 200 * time.Millisecond, WaitTimeout: 20 * time.Millisecond, Retry: 10 * time.Millisecond})
+	s, err := New(n.Server, Options{PollTimeout: 200 * time.Millisecond, WaitTimeout: 20 * time.Millisecond, Retry: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,9 +86,9 @@ func TestHealthyEightGPUNode(t *testing.T) {
 func TestXIDEventsMapToTheirGPU(t *testing.T) {
 	n := healthyNode(t)
 	s := open(t, n)
-	three := n.srv.Devices[3]
-	n.events <- gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 79,
-		GpuInstanceId: gpu.NoInstance, ComputeInstanceId: gpu.NoInstance}
+	three := n.Server.Devices[3]
+	n.Event(gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 79,
+		GpuInstanceId: gpu.NoInstance, ComputeInstanceId: gpu.NoInstance})
 	e := next(t, s)
 	uuid3, _ := three.GetUUID()
 	if e.Kind != gpu.EventXID || e.XID != 79 || e.UUID != uuid3 {
@@ -168,7 +109,7 @@ func TestXIDEventsMapToTheirGPU(t *testing.T) {
 			t.Fatalf("GPU %d: %v, want %v", i, v.State, want)
 		}
 	}
-	n.events <- gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 13}
+	n.Event(gonvml.EventData{Device: three, EventType: gonvml.EventTypeXidCriticalError, EventData: 13})
 	if e := next(t, s); gpu.DefaultPolicy().Severity(e.XID) != gpu.SeverityIgnore {
 		t.Fatalf("XID 13 not ignored: %+v", e)
 	}
@@ -177,15 +118,15 @@ func TestXIDEventsMapToTheirGPU(t *testing.T) {
 func TestWaitErrorsRecreateTheEventSet(t *testing.T) {
 	n := healthyNode(t)
 	s := open(t, n)
-	n.waitErr.Store(int32(gonvml.ERROR_UNKNOWN))
+	n.FailWait(gonvml.ERROR_UNKNOWN)
 	deadline := time.Now().Add(5 * time.Second)
-	for n.sets.Load() < 2 {
+	for n.EventSets() < 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("event set not recreated after a Wait error")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	n.events <- gonvml.EventData{Device: n.srv.Devices[0], EventType: gonvml.EventTypeDoubleBitEccError}
+	n.Event(gonvml.EventData{Device: n.Server.Devices[0], EventType: gonvml.EventTypeDoubleBitEccError})
 	if e := next(t, s); e.Kind != gpu.EventDBE {
 		t.Fatalf("after recovery: %+v", e)
 	}
@@ -194,7 +135,7 @@ func TestWaitErrorsRecreateTheEventSet(t *testing.T) {
 func TestGPUIsLostMarksEveryGPU(t *testing.T) {
 	n := healthyNode(t)
 	s := open(t, n)
-	n.waitErr.Store(int32(gonvml.ERROR_GPU_IS_LOST))
+	n.FailWait(gonvml.ERROR_GPU_IS_LOST)
 	seen := map[string]bool{}
 	for range 8 {
 		e := next(t, s)
@@ -213,7 +154,7 @@ func TestBlockingGetterTimesOut(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
 	defer once.Do(func() { close(release) })
-	n.srv.Devices[5].(*server.Device).GetTemperatureFunc = func(gonvml.TemperatureSensors) (uint32, gonvml.Return) {
+	n.Server.Devices[5].(*server.Device).GetTemperatureFunc = func(gonvml.TemperatureSensors) (uint32, gonvml.Return) {
 		<-release // a wedged GPU
 		return 0, gonvml.ERROR_GPU_IS_LOST
 	}
@@ -247,7 +188,7 @@ func TestBlockingGetterTimesOut(t *testing.T) {
 
 func TestOptionalSymbolFallback(t *testing.T) {
 	n := healthyNode(t)
-	n.srv.LookupSymbolFunc = func(string) error { return errors.New("undefined symbol") }
+	n.Server.LookupSymbolFunc = func(string) error { return errors.New("undefined symbol") }
 	s := open(t, n)
 	samples, err := s.Sample(context.Background())
 	if err != nil || samples[0].ClockEventReasons.V != 0x40 {
