@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/metrics"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
@@ -38,6 +39,13 @@ type Options struct {
 	// StateDir, when set, is where probe state, restart counts and back-off are saved
 	// so that an agent restart loses nothing.
 	StateDir string
+	// GPU, when set, is the node's GPU monitor: the agent runs it, maps containers to
+	// their GPUs and reports their health. GPUUnavailable says why there is none.
+	GPU            *gpu.Monitor
+	GPUUnavailable string
+	// GPUReadiness takes readiness away from a container while one of its GPUs is
+	// Unhealthy (Unknown never does).
+	GPUReadiness bool
 }
 
 // Agent runs probes against a runtime's containers and acts on their results.
@@ -58,6 +66,8 @@ type Agent struct {
 
 	saved     savedState // what the previous agent left, read at start
 	lastSaved string
+
+	gpus map[string]gpu.Status // the monitor's latest state by UUID
 }
 
 // State values of a container in the status API.
@@ -86,6 +96,10 @@ type containerState struct {
 	// lastProbes keeps the probe state of the last instance after it stopped, so that
 	// the status API still shows why.
 	lastProbes prober.Status
+	// gpus are the GPUs the container uses; gpuBad lists the Unhealthy ones, as last
+	// reported.
+	gpus   []gpu.Device
+	gpuBad []string
 }
 
 // New returns an Agent.
@@ -102,7 +116,8 @@ func New(opts Options) *Agent {
 	if opts.GracePeriod <= 0 {
 		opts.GracePeriod = 30 * time.Second
 	}
-	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{}}
+	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{},
+		gpus: map[string]gpu.Status{}}
 	po := opts.Prober
 	po.Logger = opts.Logger
 	if a.m != nil {
@@ -151,6 +166,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	rtDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(mgrCtx) }()
 	go func() { rtDone <- a.rt.Run(rtCtx, events) }()
+	var gpuNotify <-chan struct{}
+	gpuDone := make(chan struct{})
+	if a.opts.GPU != nil {
+		gpuNotify = a.opts.GPU.Notify()
+		go func() { defer close(gpuDone); a.opts.GPU.Run(mgrCtx) }()
+	} else {
+		close(gpuDone)
+	}
 	a.running.Store(true)
 	defer a.running.Store(false)
 
@@ -171,6 +194,8 @@ loop:
 			for _, tr := range buf {
 				a.handleTransition(tr)
 			}
+		case <-gpuNotify:
+			a.gpuChanged()
 		case err := <-rtDone:
 			rtErr = err
 			if rtErr == nil {
@@ -193,6 +218,7 @@ loop:
 	a.mu.Unlock()
 	stopMgr()
 	<-mgrDone
+	<-gpuDone
 	stopRt()
 	if rtErr == nil {
 		// Keep taking events until the runtime has stopped what it runs.
@@ -335,6 +361,7 @@ func (a *Agent) added(ev runtime.Event) {
 		cs.message = c.Err.Error()
 		a.log.Error("container checks invalid", append(a.fields(cs), zap.Error(c.Err))...)
 	}
+	a.resolveGPUs(cs)
 	if a.m != nil {
 		a.m.SetChecksInvalid(metricsName(cs), c.Err != nil)
 	}
@@ -461,15 +488,21 @@ func metricsName(cs *containerState) metrics.Container {
 }
 
 // readiness computes started and ready for a container from the probes of its
-// current instance; called with a.mu held.
-func (a *Agent) readiness(cs *containerState) (started, ready bool) {
+// current instance and the health of its GPUs; reason says why it is not ready
+// (not_running, startup, readiness, gpu). Called with a.mu held.
+func (a *Agent) readiness(cs *containerState) (started, ready bool, reason string) {
 	st, ok := a.mgr.Summary(cs.c.Name)
-	if !ok || st.Instance != cs.instance {
-		return false, false
+	switch {
+	case cs.state != StateRunning || !ok || st.Instance != cs.instance:
+		return ok && st.Instance == cs.instance && st.Started, false, "not_running"
+	case !st.Started:
+		return false, false, "startup"
+	case st.Has[service.Readiness] && st.Values[service.Readiness] != prober.ValueSuccess:
+		return true, false, "readiness"
+	case a.opts.GPUReadiness && len(cs.gpuBad) > 0:
+		return true, false, "gpu"
 	}
-	ready = cs.state == StateRunning && st.Started &&
-		(!st.Has[service.Readiness] || st.Values[service.Readiness] == prober.ValueSuccess)
-	return st.Started, ready
+	return true, true, ""
 }
 
 // publish updates a container's gauges; called with a.mu held.
@@ -477,22 +510,26 @@ func (a *Agent) publish(cs *containerState) {
 	if a.m == nil {
 		return
 	}
-	started, ready := a.readiness(cs)
+	started, ready, _ := a.readiness(cs)
 	a.m.SetContainer(metricsName(cs), ready, started, cs.backoffFor)
 }
 
 // ContainerStatus is one container in the status API.
 type ContainerStatus struct {
-	Name         string                         `json:"name"`
-	ID           string                         `json:"id"`
-	State        string                         `json:"state"`
-	PID          int                            `json:"pid"`
-	RestartCount int                            `json:"restart_count"`
-	Started      bool                           `json:"started"`
-	Ready        bool                           `json:"ready"`
-	LastExitCode *int                           `json:"last_exit_code"`
-	Message      string                         `json:"message,omitempty"`
-	Probes       map[string]*prober.ProbeStatus `json:"probes"`
+	Name         string `json:"name"`
+	ID           string `json:"id"`
+	State        string `json:"state"`
+	PID          int    `json:"pid"`
+	RestartCount int    `json:"restart_count"`
+	Started      bool   `json:"started"`
+	Ready        bool   `json:"ready"`
+	LastExitCode *int   `json:"last_exit_code"`
+	// NotReadyReason says why a container is not ready: not_running, startup,
+	// readiness or gpu.
+	NotReadyReason string                         `json:"not_ready_reason,omitempty"`
+	Message        string                         `json:"message,omitempty"`
+	Probes         map[string]*prober.ProbeStatus `json:"probes"`
+	GPUs           []ContainerGPU                 `json:"gpus"`
 }
 
 // Containers returns the status of every container, sorted by name.
@@ -519,15 +556,15 @@ func (a *Agent) Container(name string) (ContainerStatus, bool) {
 }
 
 func (a *Agent) status(cs *containerState) ContainerStatus {
-	started, ready := a.readiness(cs)
+	started, ready, reason := a.readiness(cs)
 	st, ok := a.mgr.Status(cs.c.Name)
 	if !ok || st.Instance != cs.instance {
 		st = cs.lastProbes
 	}
 	s := ContainerStatus{
 		Name: cs.c.Name, ID: cs.id, State: cs.state, PID: cs.pid, RestartCount: cs.restarts,
-		Started: started, Ready: ready, LastExitCode: cs.lastExit, Message: cs.message,
-		Probes: map[string]*prober.ProbeStatus{},
+		Started: started, Ready: ready, NotReadyReason: reason, LastExitCode: cs.lastExit, Message: cs.message,
+		Probes: map[string]*prober.ProbeStatus{}, GPUs: a.gpuStatus(cs),
 	}
 	for _, t := range service.ProbeTypes {
 		if st.Probes[t] != nil {

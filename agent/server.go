@@ -9,7 +9,7 @@ import (
 )
 
 // Handler serves the agent's HTTP interface: /metrics, /healthz, /readyz,
-// /v1/containers and /v1/containers/{name}. gatherer may be nil for no /metrics.
+// /v1/containers, /v1/containers/{name} and /v1/gpus. gatherer may be nil for no /metrics.
 func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	if gatherer != nil {
@@ -23,6 +23,9 @@ func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 	})
 	mux.HandleFunc("GET /v1/containers", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Containers())
+	})
+	mux.HandleFunc("GET /v1/gpus", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.GPUReport())
 	})
 	mux.HandleFunc("GET /v1/containers/{name...}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
