@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -8,9 +9,16 @@ import (
 	"testing"
 	"time"
 
+	ctrd "github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime/containerd"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
@@ -19,7 +27,7 @@ import (
 
 // containerdAgent runs an agent on the containerd runtime of env e with an optional
 // service.json containers array (entries get e's rootfs) and a state directory.
-func containerdAgent(t *testing.T, e *env, containers, stateDir string) *harness {
+func containerdAgent(t *testing.T, e *env, containers, stateDir string, tweak ...func(*Options)) *harness {
 	t.Helper()
 	var svc *service.Service
 	if containers != "" {
@@ -36,7 +44,7 @@ func containerdAgent(t *testing.T, e *env, containers, stateDir string) *harness
 		t.Fatal(err)
 	}
 	return runAgent(t, Options{Runtime: rt, Logger: log, Backoff: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
-		GracePeriod: MinGracePeriod, Prober: prober.Options{Workers: 8}, StateDir: stateDir}, logs)
+		GracePeriod: MinGracePeriod, Prober: prober.Options{Workers: 8}, StateDir: stateDir}, logs, tweak...)
 }
 
 func containerdEnv(t *testing.T) *env {
@@ -331,4 +339,50 @@ func TestIntegrationContainerdLeavesRestartMonitorContainersToContainerd(t *test
 	if n := h.logs.FilterMessage("restarting container").Len(); n != 0 {
 		t.Fatalf("the agent restarted it too:\n%s", h.logTail())
 	}
+}
+
+// A container whose spec names GPUs the way the NVIDIA toolkit and device plugin do
+// (NVIDIA_VISIBLE_DEVICES with a UUID, /dev/nvidiaN device entries) is mapped to those
+// GPUs, and loses readiness when one of them fails.
+func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	node := newFakeNode()
+	client := e.daemon.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	withNvidiaDevices := func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for _, minor := range []int64{3, 255} { // /dev/nvidia3 and /dev/nvidiactl
+			path := "/dev/nvidia" + strconv.FormatInt(minor, 10)
+			if minor == 255 {
+				path = "/dev/nvidiactl"
+			}
+			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: path, Type: "c", Major: 195, Minor: minor})
+		}
+		return nil
+	}
+	c, err := client.NewContainer(ctx, "inference",
+		ctrd.WithContainerLabels(map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1}}`}),
+		ctrd.WithNewSpec(oci.WithRootFSPath(e.rootfs), oci.WithDefaultPathEnv,
+			oci.WithEnv([]string{"NVIDIA_VISIBLE_DEVICES=" + node.uuid(1)}), withNvidiaDevices, oci.WithProcessArgs("sleep", "600")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := containerdAgent(t, e, "", t.TempDir(), func(o *Options) {
+		o.GPU, o.GPUReadiness = gpu.NewMonitor(node, gpu.DefaultPolicy(), 50*time.Millisecond, o.Logger), true
+	})
+	s := h.waitFor("inference", 10*time.Second, "ready", ready)
+	if len(s.GPUs) != 2 || s.GPUs[0].UUID != node.uuid(1) || s.GPUs[1].UUID != node.uuid(3) {
+		t.Fatalf("gpus %+v, want GPUs 1 (by UUID) and 3 (by /dev/nvidia3)", s.GPUs)
+	}
+	node.xid(3, 79)
+	h.waitFor("inference", 10*time.Second, "not ready for GPU 3", func(s ContainerStatus) bool {
+		return !s.Ready && s.NotReadyReason == "gpu" && s.GPUs[1].XID == 79 && s.GPUs[0].Health == "healthy"
+	})
 }

@@ -120,7 +120,7 @@ func gpuReadinessScenario(t *testing.T, node gpuNode) {
 			ok := true
 			var bad ContainerStatus
 			for _, n := range names {
-				if s := h.status(n); !cond(n, s) {
+				if s, known := h.a.Container(n); !known || !cond(n, s) {
 					ok, bad = false, s
 					break
 				}

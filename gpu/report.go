@@ -95,6 +95,14 @@ func NewReport(s Snapshot, containers map[string][]string) Report {
 
 // WriteTable prints the report for people: one line per GPU.
 func (r Report) WriteTable(w io.Writer) error {
+	if len(r.GPUs) == 0 {
+		msg := r.Message
+		if msg == "" {
+			msg = "no GPUs found"
+		}
+		_, err := fmt.Fprintln(w, msg)
+		return err
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "GPU\tUUID\tNAME\tHEALTH\tTEMP\tPOWER\tMEMORY\tREASONS\n")
 	for _, g := range r.GPUs {

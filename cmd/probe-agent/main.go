@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/probe-agent/probe-agent/agent"
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/metrics"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
@@ -66,7 +67,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newValidateCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newValidateCmd(), newGPUCmd(), newVersionCmd())
 	return root
 }
 
@@ -85,6 +86,7 @@ type runFlags struct {
 	logFormat     string
 	workers       int
 	maxExec       int
+	gpu           gpuFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -112,6 +114,7 @@ func newRunCmd() *cobra.Command {
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fl.IntVar(&f.workers, "workers", 64, "probes that may run at once")
 	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once")
+	f.gpu.register(fl, true)
 	return cmd
 }
 
@@ -184,6 +187,13 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	mon, src, unavailable, err := openGPU(f.gpu, log)
+	if err != nil {
+		return err
+	}
+	if src != nil {
+		defer src.Close()
+	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
@@ -195,7 +205,9 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		Runtime: rt, Logger: log, Metrics: m,
 		Prober:  prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec},
 		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace, StateDir: stateDir,
+		GPU: mon, GPUUnavailable: unavailable, GPUReadiness: f.gpu.readiness,
 	})
+	m.Registry.MustRegister(gpu.NewCollector(mon, a.ContainerGPUs))
 	srv := &http.Server{Handler: a.Handler(m.Registry), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -205,7 +217,7 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log.Info("probe-agent started", zap.String("version", version), zap.String("runtime", f.runtime),
-		zap.String("config", f.config), zap.String("listen", ln.Addr().String()))
+		zap.String("config", f.config), zap.String("listen", ln.Addr().String()), zap.Bool("gpu_monitoring", mon != nil))
 	runErr := a.Run(ctx)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/probe-agent/probe-agent/gpu/nvml"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -100,6 +102,9 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"run", "--config", "../../testdata/service.json", "--log-level", "loud"}, "--log-level"},
 		{[]string{"run", "--config", "../../testdata/service.json", "--listen", "256.0.0.1:1"}, "--listen"},
 		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"run", "--config", "../../testdata/service.json", "--gpu", "maybe"}, `--gpu: "maybe" is not auto, on or off`},
+		{[]string{"run", "--config", "../../testdata/service.json", "--gpu-xid-fatal", "79,x9"}, `"x9" is not an XID`},
+		{[]string{"gpu", "--gpu-xid-ignore", "-13"}, `"-13" is not an XID`},
 	} {
 		var out bytes.Buffer
 		if code := run(context.Background(), tc.args, &out, &out); code != 1 || !strings.Contains(out.String(), tc.want) {
@@ -151,6 +156,30 @@ func TestRunServesStatusAndStopsCleanly(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	pid := int(list[0]["pid"].(float64))
+	get := func(path string) string {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if _, err := nvml.Load("", nvml.Options{}); err != nil {
+		// No NVIDIA driver here (--gpu=auto): the agent runs and says why there is no GPU data.
+		if body := get("/v1/gpus"); !strings.Contains(body, `"up": false`) || !strings.Contains(body, "GPU monitoring unavailable") {
+			t.Errorf("/v1/gpus: %s", body)
+		}
+		if body := get("/metrics"); !strings.Contains(body, "probe_agent_gpu_monitoring_up 0") {
+			t.Error("/metrics lacks probe_agent_gpu_monitoring_up 0")
+		}
+		if !strings.Contains(logs.String(), `"msg":"no GPU monitoring: NVML not available on this node"`) {
+			t.Errorf("no log line says why GPU monitoring is off:\n%s", logs.String())
+		}
+		if !strings.Contains(get("/v1/containers"), `"gpus": []`) {
+			t.Error("containers lack their gpus field")
+		}
+	}
 	cancel()
 	select {
 	case code := <-done:
@@ -173,5 +202,34 @@ func TestRunServesStatusAndStopsCleanly(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"msg":"probe transition"`) {
 		t.Fatalf("no transition logged:\n%s", logs.String())
+	}
+}
+
+// Without an NVIDIA driver, --gpu=on refuses to start and the gpu command says why.
+func TestGPUWithoutDriver(t *testing.T) {
+	if src, err := nvml.Load("", nvml.Options{}); err == nil {
+		src.Close()
+		t.Skip("this machine has an NVIDIA driver")
+	}
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"run", "--config", "../../testdata/service.json", "--gpu", "on", "--listen", "127.0.0.1:0"}, &out, &out)
+	if code != 1 || !strings.Contains(out.String(), "--gpu=on: ") || !strings.Contains(out.String(), "libnvidia-ml.so.1") {
+		t.Fatalf("--gpu=on: exit %d: %s", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"gpu"}, &out, &out); code != 1 || !strings.HasPrefix(out.String(), "GPU monitoring unavailable: ") {
+		t.Fatalf("gpu: exit %d: %s", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"gpu", "--json"}, &out, &out); code != 1 {
+		t.Fatalf("gpu --json: exit %d: %s", code, out.String())
+	}
+	var r struct {
+		Up      bool
+		Message string
+		GPUs    []any
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Up || r.Message == "" || r.GPUs == nil {
+		t.Fatalf("gpu --json: %v %s", err, out.String())
 	}
 }

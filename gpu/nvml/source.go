@@ -7,6 +7,7 @@ package nvml
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,13 @@ func (e *InitError) Unwrap() error { return e.Ret }
 // a fault).
 func (e *InitError) NoDriver() bool {
 	return e.Ret == gonvml.ERROR_LIBRARY_NOT_FOUND || e.Ret == gonvml.ERROR_DRIVER_NOT_LOADED
+}
+
+// NoDriver reports whether err from Load means the node has no usable NVIDIA driver
+// (a normal state on CPU nodes), as opposed to a driver that fails.
+func NoDriver(err error) bool {
+	var ie *InitError
+	return errors.As(err, &ie) && ie.NoDriver()
 }
 
 // Options tune the source.

@@ -11,9 +11,6 @@ import (
 	"github.com/probe-agent/probe-agent/gpu"
 )
 
-// ErrUnavailable says this build cannot talk to NVML.
-var ErrUnavailable = errors.New("GPU monitoring unavailable: built without cgo")
-
 // Options tune the source.
 type Options struct {
 	PollTimeout, WaitTimeout, Retry time.Duration
@@ -21,3 +18,7 @@ type Options struct {
 
 // Load always fails in this build.
 func Load(string, Options) (gpu.Source, error) { return nil, ErrUnavailable }
+
+// NoDriver reports whether err from Load means NVML cannot be used here; in this build
+// it never can.
+func NoDriver(err error) bool { return errors.Is(err, ErrUnavailable) }
