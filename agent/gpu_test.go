@@ -30,11 +30,10 @@ type gpuNode interface {
 
 // fakeNode is an 8-GPU node without NVML.
 type fakeNode struct {
-	mu      sync.Mutex
-	devs    []gpu.Device
-	ecc     []uint64
-	events  chan gpu.Event
-	started bool
+	mu     sync.Mutex
+	devs   []gpu.Device
+	ecc    []uint64
+	events chan gpu.Event
 }
 
 func newFakeNode() *fakeNode {
