@@ -160,8 +160,13 @@ func (m *Monitor) Poll(ctx context.Context) {
 			if v.State == Unhealthy {
 				level = zap.ErrorLevel
 			}
-			m.log.Log(level, "gpu health changed", zap.String("gpu_uuid", d.UUID), zap.Int("gpu_index", d.Index),
-				zap.String("from", st.Verdict.State.String()), zap.String("to", v.State.String()), zap.String("reasons", v.Codes()))
+			fields := []zap.Field{zap.String("gpu_uuid", d.UUID), zap.Int("gpu_index", d.Index),
+				zap.String("from", st.Verdict.State.String()), zap.String("to", v.State.String()), zap.String("reasons", v.Codes())}
+			if x := v.XID(); x != 0 {
+				fields = append(fields, zap.Uint64("xid", x), zap.String("xid_name", XIDName(x)),
+					zap.String("severity", m.pol.Severity(x).String()))
+			}
+			m.log.Log(level, "gpu health changed", fields...)
 		}
 		st.Verdict = v
 		if cur != nil {

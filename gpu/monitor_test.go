@@ -77,7 +77,8 @@ func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
 		t.Fatal("no notification of the change")
 	}
 	if logs.FilterMessage("gpu event").FilterField(zap.String("xid_name", "GPU_HAS_FALLEN_OFF_THE_BUS")).Len() != 1 ||
-		logs.FilterMessage("gpu health changed").FilterField(zap.String("to", "unhealthy")).Len() != 1 {
+		logs.FilterMessage("gpu health changed").FilterField(zap.String("to", "unhealthy")).FilterField(zap.Uint64("xid", 79)).
+			FilterField(zap.String("xid_name", "GPU_HAS_FALLEN_OFF_THE_BUS")).FilterField(zap.Int("gpu_index", 1)).Len() != 1 {
 		t.Fatalf("logs: %v", logs.All())
 	}
 	// A reset (volatile counters back to zero) brings it back.
