@@ -9,7 +9,10 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 # the cgo build must leave containerd's plugin loader out (see gpu/nvml/bindnow.go).
 export GOFLAGS := $(strip $(GOFLAGS) -tags=no_dynamic_plugins)
 
-.PHONY: all build run test lint unit fuzz-smoke fuzz bench bench-quick clean
+DOCKER   ?= docker
+IMAGE    ?= probe-agent:$(VERSION)
+
+.PHONY: all build run test lint unit deploy-check fuzz-smoke fuzz bench bench-quick image clean
 
 all: build
 
@@ -21,8 +24,8 @@ build:
 run: build
 	./bin/probe-agent run --config testdata/service.json --log-format console
 
-## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, tests without cgo, fuzz smoke, both builds.
-test: lint unit fuzz-smoke
+## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, tests without cgo, the deployment checks, fuzz smoke, both builds.
+test: lint unit deploy-check fuzz-smoke
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=1 $(GO) build ./...
 
@@ -32,11 +35,16 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) mod tidy -diff
 	cd bench && $(GO) vet ./... && $(GO) mod tidy -diff
+	cd deploy && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./... && $(GO) mod tidy -diff
 
 unit:
 	$(GO) test -race -count=1 ./...
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
 	$(GO) test -count=1 -run 'Burst' ./prober/pool
+
+## deploy-check: the Dockerfile's build, the Kubernetes manifests, alert rules and dashboard (module deploy/).
+deploy-check:
+	cd deploy && $(GO) test -count=1 ./...
 
 fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./service
@@ -53,6 +61,11 @@ bench:
 ## bench-quick: every benchmark scenario, shortened; writes bench/results.json.
 bench-quick:
 	cd bench && $(GO) build ./... && $(GO) run ./cmd/bench -quick -out results.json
+
+## image: the container image from deploy/Dockerfile (needs docker, or DOCKER=podman).
+image:
+	@command -v $(DOCKER) >/dev/null || { echo "make image: $(DOCKER) not found; set DOCKER=podman or buildah bud"; exit 1; }
+	$(DOCKER) build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin
