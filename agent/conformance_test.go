@@ -244,11 +244,11 @@ func (h *harness) consistently(d time.Duration, what string, cond func(Container
 	}
 }
 
-// logTail formats the last log lines for a failure message.
+// logTail formats the last log lines for a failure message, enough to see what led there.
 func (h *harness) logTail() string {
 	all := h.logs.All()
 	var b strings.Builder
-	for _, e := range all[max(0, len(all)-40):] {
+	for _, e := range all[max(0, len(all)-150):] {
 		fmt.Fprintf(&b, "%s %s %v\n", e.Level, e.Message, e.ContextMap())
 	}
 	return b.String()

@@ -386,3 +386,27 @@ func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
 		return !s.Ready && s.NotReadyReason == "gpu" && s.GPUs[1].XID == 79 && s.GPUs[0].Health == "healthy"
 	})
 }
+
+// An exec check whose command is missing or not executable fails like a shell would
+// (127, 126) with runc's message as its output; it is a failure of the check, not an
+// error of the probe.
+func TestIntegrationContainerdExecMissingCommand(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	ctrdtest.RunContainer(t, client, "default", "missing", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/no/such/binary"]},"period_seconds":0.2}}`}, "sleep", "600")
+	ctrdtest.RunContainer(t, client, "default", "notexec", e.rootfs,
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/"]},"period_seconds":0.2}}`}, "sleep", "600")
+	h := containerdAgent(t, e, "", t.TempDir())
+	for name, want := range map[string]string{"missing": "no such file or directory", "notexec": "permission denied"} {
+		s := h.waitFor(name, 10*time.Second, "a failed readiness probe", func(s ContainerStatus) bool {
+			return s.Probes["readiness"] != nil && len(s.Probes["readiness"].History) > 0
+		})
+		p := s.Probes["readiness"]
+		t.Logf("%s: %s", name, p.LastOutput)
+		if !strings.Contains(p.LastOutput, want) || p.History[len(p.History)-1].Result != "failure" {
+			t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
+		}
+	}
+}

@@ -129,15 +129,9 @@ func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		return -1, t.wrap(err)
 	}
 	if err := proc.Start(nctx); err != nil {
-		// runc reports a missing or non-executable command here, not as an exit code.
-		msg := err.Error()
-		switch {
-		case strings.Contains(msg, "no such file") || strings.Contains(msg, "not found"):
-			fmt.Fprint(out, msg)
-			return 127, nil
-		case strings.Contains(msg, "permission denied"):
-			fmt.Fprint(out, msg)
-			return 126, nil
+		if code, ok := commandFailure(err); ok {
+			fmt.Fprint(out, err.Error())
+			return code, nil
 		}
 		return -1, t.wrap(err)
 	}
@@ -160,6 +154,23 @@ func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		t.drain(proc)
 		return -1, ctx.Err()
 	}
+}
+
+// commandFailure reads runc's report of a command that could not be started (it comes
+// as an error of the start, not as an exit code) as a shell would: 127 for a missing
+// command, 126 for one that cannot be executed. A task or process that containerd does
+// not know, or containerd itself being unreachable, is not the command's fault.
+func commandFailure(err error) (int, bool) {
+	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "exec failed") {
+		return 0, false
+	}
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "no such file or directory") || strings.Contains(msg, "executable file not found"):
+		return 127, true
+	case strings.Contains(msg, "permission denied"):
+		return 126, true
+	}
+	return 0, false
 }
 
 // loadTask returns the instance's task, loading it once.
