@@ -276,7 +276,11 @@ func (r *Runtime) reconcile(ctx context.Context, client *containerd.Client, adop
 			return fmt.Errorf("listing containers in %s: %w", ns, err)
 		}
 		for _, c := range ctrs {
-			if name := r.observe(nctx, client, ns, c, adopting, 0); name != "" {
+			name, err := r.observe(nctx, client, ns, c, adopting, 0)
+			if err != nil {
+				return err // keep what is known; the next session reconciles again
+			}
+			if name != "" {
 				seen[name] = true
 			}
 		}
@@ -309,19 +313,26 @@ func (r *Runtime) remove(name string, e *entry) []runtime.Event {
 
 // observe looks at one container and reports what changed about it. exitCode, when
 // the caller knows the task just exited, is the code to report. It returns the
-// container's name, or "" when it has no checks.
-func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns string, c containerd.Container, adopting bool, exitCode int) string {
+// container's name, or "" when it has no checks (or is gone). An error means
+// containerd could not be asked; then nothing is reported and nothing is forgotten.
+func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns string, c containerd.Container, adopting bool, exitCode int) (string, error) {
 	d, err := r.describe(nctx, client, ns, c)
+	var bad *badSpecError
+	switch {
+	case errors.As(err, &bad):
+		r.log.Warn("cannot inspect container", zap.String("namespace", ns), zap.String("id", c.ID()), zap.Error(err))
+		return "", nil
+	case errdefs.IsNotFound(err):
+		return "", nil
+	case err != nil:
+		return "", err
+	case d == nil:
+		return "", nil
+	}
+	pid, running, code, exitedAt, err := taskState(nctx, c)
 	if err != nil {
-		if !errdefs.IsNotFound(err) {
-			r.log.Warn("cannot inspect container", zap.String("namespace", ns), zap.String("id", c.ID()), zap.Error(err))
-		}
-		return ""
+		return "", fmt.Errorf("container %s/%s: task: %w", ns, c.ID(), err)
 	}
-	if d == nil {
-		return ""
-	}
-	pid, running, code, exitedAt := taskState(nctx, c)
 	if exitCode != 0 {
 		code = exitCode
 	}
@@ -371,31 +382,45 @@ func (r *Runtime) observe(nctx context.Context, client *containerd.Client, ns st
 	}
 	r.mu.Unlock()
 	r.send(evs)
-	return name
+	return name, nil
 }
+
+// badSpecError is a container whose spec the agent cannot use; asking again will not
+// help.
+type badSpecError struct{ err error }
+
+func (e *badSpecError) Error() string { return e.err.Error() }
+func (e *badSpecError) Unwrap() error { return e.err }
 
 func sameContainer(a, b runtime.Container) bool {
 	return a.Identity == b.Identity && a.Owned == b.Owned && a.ManagedBy == b.ManagedBy &&
 		reflect.DeepEqual(a.Spec, b.Spec) && fmt.Sprint(a.Err) == fmt.Sprint(b.Err) && reflect.DeepEqual(a.GPUs, b.GPUs)
 }
 
-// taskState returns the state of a container's task.
-func taskState(nctx context.Context, c containerd.Container) (pid int, running bool, code int, exitedAt time.Time) {
+// taskState returns the state of a container's task; a container without a task is
+// not running. An error means containerd could not say, and nothing may be concluded.
+func taskState(nctx context.Context, c containerd.Container) (pid int, running bool, code int, exitedAt time.Time, err error) {
 	task, err := c.Task(nctx, nil)
+	if errdefs.IsNotFound(err) {
+		return 0, false, 0, time.Time{}, nil
+	}
 	if err != nil {
-		return 0, false, 0, time.Time{}
+		return 0, false, 0, time.Time{}, err
 	}
 	st, err := task.Status(nctx)
+	if errdefs.IsNotFound(err) {
+		return 0, false, 0, time.Time{}, nil
+	}
 	if err != nil {
-		return 0, false, 0, time.Time{}
+		return 0, false, 0, time.Time{}, err
 	}
 	if st.Status == containerd.Running || st.Status == containerd.Paused || st.Status == containerd.Pausing {
-		return int(task.Pid()), true, 0, time.Time{}
+		return int(task.Pid()), true, 0, time.Time{}, nil
 	}
 	if st.Status == containerd.Stopped {
-		return 0, false, int(st.ExitStatus), st.ExitTime
+		return 0, false, int(st.ExitStatus), st.ExitTime, nil
 	}
-	return 0, false, 0, time.Time{}
+	return 0, false, 0, time.Time{}, nil
 }
 
 type description struct {
@@ -434,11 +459,11 @@ func (r *Runtime) describe(nctx context.Context, client *containerd.Client, ns s
 	var spec oci.Spec
 	if info.Spec != nil {
 		if err := json.Unmarshal(info.Spec.GetValue(), &spec); err != nil {
-			return nil, fmt.Errorf("container %s: spec: %w", info.ID, err)
+			return nil, &badSpecError{fmt.Errorf("container %s: spec: %w", info.ID, err)}
 		}
 	}
 	if spec.Process == nil {
-		return nil, fmt.Errorf("container %s: spec has no process", info.ID)
+		return nil, &badSpecError{fmt.Errorf("container %s: spec has no process", info.ID)}
 	}
 	d.process = spec.Process
 	d.c.GPUs = gpu.FromSpec(&spec)
@@ -529,7 +554,9 @@ func (r *Runtime) handle(ctx context.Context, client *containerd.Client, env *ev
 	load := func(id string, code int) {
 		c, err := client.LoadContainer(nctx, id)
 		if err == nil {
-			r.observe(nctx, client, env.Namespace, c, false, code)
+			if _, err := r.observe(nctx, client, env.Namespace, c, false, code); err != nil {
+				r.log.Debug("cannot follow event; the next reconcile will", zap.String("id", id), zap.Error(err))
+			}
 		}
 	}
 	switch x := ev.(type) {
@@ -558,7 +585,10 @@ func (r *Runtime) handle(ctx context.Context, client *containerd.Client, env *ev
 		load(x.ID, 0)
 	case *apievents.ContainerUpdate:
 		c, err := client.LoadContainer(nctx, x.ID)
-		if err == nil && r.observe(nctx, client, env.Namespace, c, false, 0) == "" {
+		if err != nil {
+			return
+		}
+		if name, err := r.observe(nctx, client, env.Namespace, c, false, 0); err == nil && name == "" {
 			r.forget(env.Namespace, x.ID)
 		}
 	case *apievents.ContainerDelete:
