@@ -67,7 +67,10 @@ type Agent struct {
 	saved     savedState // what the previous agent left, read at start
 	lastSaved string
 
-	gpus map[string]gpu.Status // the monitor's latest state by UUID
+	gpus        map[string]gpu.Status // the monitor's latest state by UUID
+	gpuMon      *gpu.Monitor          // guarded by mu; set at start or by AttachGPU
+	unavailable string                // why there is no monitor; guarded by mu
+	attach      chan *gpu.Monitor
 }
 
 // State values of a container in the status API.
@@ -117,7 +120,7 @@ func New(opts Options) *Agent {
 		opts.GracePeriod = 30 * time.Second
 	}
 	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{},
-		gpus: map[string]gpu.Status{}}
+		gpus: map[string]gpu.Status{}, gpuMon: opts.GPU, unavailable: opts.GPUUnavailable, attach: make(chan *gpu.Monitor, 1)}
 	po := opts.Prober
 	po.Logger = opts.Logger
 	if a.m != nil {
@@ -167,12 +170,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { mgrDone <- a.mgr.Run(mgrCtx) }()
 	go func() { rtDone <- a.rt.Run(rtCtx, events) }()
 	var gpuNotify <-chan struct{}
-	gpuDone := make(chan struct{})
+	var gpuRuns sync.WaitGroup
+	startGPU := func(mon *gpu.Monitor) {
+		gpuNotify = mon.Notify()
+		gpuRuns.Go(func() { mon.Run(mgrCtx) })
+	}
 	if a.opts.GPU != nil {
-		gpuNotify = a.opts.GPU.Notify()
-		go func() { defer close(gpuDone); a.opts.GPU.Run(mgrCtx) }()
-	} else {
-		close(gpuDone)
+		startGPU(a.opts.GPU)
 	}
 	a.running.Store(true)
 	defer a.running.Store(false)
@@ -196,6 +200,11 @@ loop:
 			}
 		case <-gpuNotify:
 			a.gpuChanged()
+		case mon := <-a.attach:
+			if gpuNotify == nil {
+				a.attached(mon)
+				startGPU(mon)
+			}
 		case err := <-rtDone:
 			rtErr = err
 			if rtErr == nil {
@@ -218,7 +227,7 @@ loop:
 	a.mu.Unlock()
 	stopMgr()
 	<-mgrDone
-	<-gpuDone
+	gpuRuns.Wait()
 	stopRt()
 	if rtErr == nil {
 		// Keep taking events until the runtime has stopped what it runs.

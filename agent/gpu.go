@@ -19,15 +19,41 @@ type ContainerGPU struct {
 	Reasons []gpu.Reason `json:"reasons,omitempty"`
 }
 
+// AttachGPU hands the agent a GPU monitor that became available after it started (a
+// driver that loaded late). It is ignored when the agent already has one.
+func (a *Agent) AttachGPU(mon *gpu.Monitor) {
+	select {
+	case a.attach <- mon:
+	default:
+	}
+}
+
+// GPUMonitor returns the agent's GPU monitor, or nil.
+func (a *Agent) GPUMonitor() *gpu.Monitor {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gpuMon
+}
+
+// attached takes a late monitor: every known container is mapped to its GPUs.
+func (a *Agent) attached(mon *gpu.Monitor) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gpuMon, a.unavailable = mon, ""
+	for _, cs := range a.ctrs {
+		a.resolveGPUs(cs)
+	}
+}
+
 // resolveGPUs maps the container's GPU request onto the node's GPUs; called with a.mu
 // held.
 func (a *Agent) resolveGPUs(cs *containerState) {
-	if a.opts.GPU == nil || cs.c.GPUs.Empty() {
+	if a.gpuMon == nil || cs.c.GPUs.Empty() {
 		cs.gpus = nil
 		a.checkGPUs(cs)
 		return
 	}
-	matched, unmatched := cs.c.GPUs.Resolve(a.opts.GPU.Devices())
+	matched, unmatched := cs.c.GPUs.Resolve(a.gpuMon.Devices())
 	cs.gpus = matched
 	if len(unmatched) > 0 {
 		a.log.Warn("container gpus not found on this node", append(a.fields(cs), zap.Strings("gpus", unmatched),
@@ -38,7 +64,11 @@ func (a *Agent) resolveGPUs(cs *containerState) {
 
 // gpuChanged takes the monitor's new state and re-evaluates every container.
 func (a *Agent) gpuChanged() {
-	snap := a.opts.GPU.Snapshot()
+	mon := a.GPUMonitor()
+	if mon == nil {
+		return
+	}
+	snap := mon.Snapshot()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, st := range snap.GPUs {
@@ -130,14 +160,16 @@ func (a *Agent) ContainerGPUs() []gpu.ContainerGPUs {
 
 // GPUReport is the node's GPUs with the containers on each, for /v1/gpus.
 func (a *Agent) GPUReport() gpu.Report {
-	if a.opts.GPU == nil {
-		msg := a.opts.GPUUnavailable
+	a.mu.Lock()
+	mon, msg := a.gpuMon, a.unavailable
+	a.mu.Unlock()
+	if mon == nil {
 		if msg == "" {
 			msg = "GPU monitoring is off"
 		}
 		return gpu.Report{Message: msg, GPUs: []gpu.GPUReport{}}
 	}
-	snap := a.opts.GPU.Snapshot()
+	snap := mon.Snapshot()
 	a.mu.Lock()
 	on := map[string][]string{}
 	for _, cs := range a.ctrs {

@@ -246,3 +246,48 @@ func TestGPUReportWithoutMonitor(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// A GPU monitor attached after the agent started (the driver loaded late) maps the
+// running containers to their GPUs and gates their readiness from then on.
+func TestIntegrationGPUAttachedLate(t *testing.T) {
+	t.Parallel()
+	node := newFakeNode()
+	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t)}
+	h := startAgent(t, e, `{"name":"c","env":[{"name":"NVIDIA_VISIBLE_DEVICES","value":"2"}],"command":`+e.server()+`,
+		"port":`+strconv.Itoa(e.port)+`,"readiness_check":{"tcp_socket":{},"period_seconds":0.1}}`, func(o *Options) {
+		o.GPUUnavailable, o.GPUReadiness = "GPU monitoring unavailable: nvml init: ERROR_DRIVER_NOT_LOADED", true
+	})
+	h.m.Registry.MustRegister(gpu.NewCollectorFunc(h.a.GPUMonitor, h.a.ContainerGPUs))
+	h.eventually(10*time.Second, "ready without GPU data", func(s ContainerStatus) bool { return s.Ready && len(s.GPUs) == 0 })
+	if r := h.a.GPUReport(); r.Up || !strings.Contains(r.Message, "ERROR_DRIVER_NOT_LOADED") {
+		t.Fatalf("report before the driver: %+v", r)
+	}
+	if n, err := testutilGather(h, "probe_agent_gpu_monitoring_up"); err != nil || n != 0 {
+		t.Fatalf("monitoring_up %v %v", n, err)
+	}
+	h.a.AttachGPU(gpu.NewMonitor(node, gpu.DefaultPolicy(), 50*time.Millisecond, h.a.log))
+	h.eventually(10*time.Second, "mapped to GPU 2", func(s ContainerStatus) bool {
+		return s.Ready && len(s.GPUs) == 1 && s.GPUs[0].UUID == node.uuid(2) && s.GPUs[0].Health == "healthy"
+	})
+	if n, err := testutilGather(h, "probe_agent_gpu_monitoring_up"); err != nil || n != 1 {
+		t.Fatalf("monitoring_up %v %v after the attach", n, err)
+	}
+	node.xid(2, 79)
+	h.eventually(10*time.Second, "not ready for GPU 2", func(s ContainerStatus) bool {
+		return !s.Ready && s.NotReadyReason == "gpu" && s.GPUs[0].XID == 79
+	})
+}
+
+// testutilGather returns the value of a gauge without labels.
+func testutilGather(h *harness, name string) (float64, error) {
+	mfs, err := h.m.Registry.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue(), nil
+		}
+	}
+	return 0, fmt.Errorf("no %s", name)
+}

@@ -20,7 +20,7 @@ type ContainerGPUs struct {
 // (probe_agent_container_gpu_info and probe_agent_container_gpu_healthy); users join
 // GPU series to containers on uuid.
 type Collector struct {
-	mon        *Monitor
+	mon        func() *Monitor
 	containers func() []ContainerGPUs
 }
 
@@ -28,6 +28,12 @@ type Collector struct {
 // unavailable (only probe_agent_gpu_monitoring_up 0 is exported then). containers,
 // when not nil, lists the containers that use GPUs.
 func NewCollector(mon *Monitor, containers func() []ContainerGPUs) *Collector {
+	return NewCollectorFunc(func() *Monitor { return mon }, containers)
+}
+
+// NewCollectorFunc is NewCollector for a monitor that may appear later: mon is asked
+// at every scrape.
+func NewCollectorFunc(mon func() *Monitor, containers func() []ContainerGPUs) *Collector {
 	return &Collector{mon: mon, containers: containers}
 }
 
@@ -94,11 +100,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	if c.mon == nil {
+	mon := c.mon()
+	if mon == nil {
 		gauge(descUp, 0)
 		return
 	}
-	snap := c.mon.Snapshot()
+	snap := mon.Snapshot()
 	gauge(descUp, b2f(snap.Up))
 	for _, st := range snap.GPUs {
 		d := st.Device

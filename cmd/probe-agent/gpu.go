@@ -24,6 +24,7 @@ type gpuFlags struct {
 	ignore     string
 	interval   time.Duration
 	timeout    time.Duration
+	retry      time.Duration
 }
 
 func (g *gpuFlags) register(fl *pflag.FlagSet, agent bool) {
@@ -31,6 +32,7 @@ func (g *gpuFlags) register(fl *pflag.FlagSet, agent bool) {
 		fl.StringVar(&g.mode, "gpu", "auto", "GPU monitoring through NVML: auto (when the driver's library loads), on (fail without it) or off")
 		fl.BoolVar(&g.readiness, "gpu-readiness", true, "take readiness away from a container while one of its GPUs is unhealthy")
 		fl.DurationVar(&g.interval, "gpu-poll-interval", 10*time.Second, "how often GPU health is read (events are followed as they come)")
+		fl.DurationVar(&g.retry, "gpu-init-retry", time.Minute, "with --gpu=auto, how often to try NVML again when the driver is not there yet (a driver container still starting); 0 never")
 	}
 	fl.StringVar(&g.driverRoot, "nvidia-driver-root", os.Getenv("NVIDIA_DRIVER_ROOT"), "root of the NVIDIA driver's files (e.g. /run/nvidia/driver); default $NVIDIA_DRIVER_ROOT, else the loader's search path")
 	fl.StringVar(&g.fatal, "gpu-xid-fatal", "", "XIDs that make a GPU unhealthy besides the defaults, or all (the device plugin's syntax: 79,48)")
@@ -46,39 +48,80 @@ func (g *gpuFlags) policy() (gpu.Policy, error) {
 	return pol, nil
 }
 
-// openGPU starts GPU monitoring as the flags say. It returns a nil monitor and why
-// when there is none; an error only when --gpu=on and NVML cannot be used, or a flag
-// is wrong.
-func openGPU(g gpuFlags, log *zap.Logger) (*gpu.Monitor, gpu.Source, string, error) {
+// gpuOpening is what openGPU found.
+type gpuOpening struct {
+	mon *gpu.Monitor
+	src gpu.Source
+	// unavailable says why there is no monitor; retry, whether trying again later
+	// may help.
+	unavailable string
+	retry       bool
+}
+
+// openGPU starts GPU monitoring as the flags say. It returns no monitor and why when
+// there is none; an error only when --gpu=on and NVML cannot be used, or a flag is
+// wrong.
+func openGPU(g gpuFlags, log *zap.Logger) (gpuOpening, error) {
 	pol, err := g.policy()
 	if err != nil {
-		return nil, nil, "", err
+		return gpuOpening{}, err
 	}
 	switch g.mode {
 	case "off":
-		return nil, nil, "GPU monitoring is off (--gpu=off)", nil
+		return gpuOpening{unavailable: "GPU monitoring is off (--gpu=off)"}, nil
 	case "auto", "on":
 	default:
-		return nil, nil, "", fmt.Errorf("--gpu: %q is not auto, on or off", g.mode)
+		return gpuOpening{}, fmt.Errorf("--gpu: %q is not auto, on or off", g.mode)
 	}
 	lib := nvml.LibraryPath(g.driverRoot)
 	src, err := nvml.Load(lib, nvml.Options{PollTimeout: g.timeout})
 	if err != nil {
 		if g.mode == "on" {
-			return nil, nil, "", fmt.Errorf("--gpu=on: %w (library %s)", err, lib)
+			return gpuOpening{}, fmt.Errorf("--gpu=on: %w (library %s)", err, lib)
 		}
+		retry := g.retry > 0 && !errors.Is(err, nvml.ErrUnavailable)
 		fields := []zap.Field{zap.Error(err), zap.String("library", lib), zap.String("driver_root", g.driverRoot)}
+		if retry {
+			fields = append(fields, zap.Duration("retry_every", g.retry))
+		}
 		if nvml.NoDriver(err) {
 			log.Info("no GPU monitoring: NVML not available on this node", fields...)
 		} else {
 			log.Error("no GPU monitoring: NVML failed", fields...)
 		}
-		return nil, nil, "GPU monitoring unavailable: " + err.Error(), nil
+		return gpuOpening{unavailable: "GPU monitoring unavailable: " + err.Error(), retry: retry}, nil
 	}
-	devs := src.Devices()
-	log.Info("GPU monitoring on", zap.Int("gpus", len(devs)), zap.String("driver_version", src.DriverVersion()),
+	return gpuOpening{mon: gpuMonitor(src, pol, g, lib, log), src: src}, nil
+}
+
+func gpuMonitor(src gpu.Source, pol gpu.Policy, g gpuFlags, lib string, log *zap.Logger) *gpu.Monitor {
+	log.Info("GPU monitoring on", zap.Int("gpus", len(src.Devices())), zap.String("driver_version", src.DriverVersion()),
 		zap.String("library", lib))
-	return gpu.NewMonitor(src, pol, g.interval, log), src, "", nil
+	return gpu.NewMonitor(src, pol, g.interval, log)
+}
+
+// retryGPU tries NVML every g.retry until it loads or ctx ends; it hands the monitor
+// to attach and returns its source, for the caller to close once the agent stopped
+// using it.
+func retryGPU(ctx context.Context, g gpuFlags, log *zap.Logger, load func(string) (gpu.Source, error), attach func(*gpu.Monitor)) gpu.Source {
+	pol, _ := g.policy() // checked by openGPU
+	t := time.NewTicker(g.retry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		lib := nvml.LibraryPath(g.driverRoot) // a driver container may have just populated the root
+		src, err := load(lib)
+		if err != nil {
+			log.Debug("NVML still unavailable", zap.Error(err), zap.String("library", lib))
+			continue
+		}
+		attach(gpuMonitor(src, pol, g, lib, log))
+		return src
+	}
 }
 
 func newGPUCmd() *cobra.Command {

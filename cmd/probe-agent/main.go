@@ -23,6 +23,7 @@ import (
 
 	"github.com/probe-agent/probe-agent/agent"
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/gpu/nvml"
 	"github.com/probe-agent/probe-agent/metrics"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
@@ -187,12 +188,12 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	mon, src, unavailable, err := openGPU(f.gpu, log)
+	opened, err := openGPU(f.gpu, log)
 	if err != nil {
 		return err
 	}
-	if src != nil {
-		defer src.Close()
+	if opened.src != nil {
+		defer opened.src.Close()
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -205,9 +206,9 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		Runtime: rt, Logger: log, Metrics: m,
 		Prober:  prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec},
 		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace, StateDir: stateDir,
-		GPU: mon, GPUUnavailable: unavailable, GPUReadiness: f.gpu.readiness,
+		GPU: opened.mon, GPUUnavailable: opened.unavailable, GPUReadiness: f.gpu.readiness,
 	})
-	m.Registry.MustRegister(gpu.NewCollector(mon, a.ContainerGPUs))
+	m.Registry.MustRegister(gpu.NewCollectorFunc(a.GPUMonitor, a.ContainerGPUs))
 	srv := &http.Server{Handler: a.Handler(m.Registry), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -217,8 +218,23 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log.Info("probe-agent started", zap.String("version", version), zap.String("runtime", f.runtime),
-		zap.String("config", f.config), zap.String("listen", ln.Addr().String()), zap.Bool("gpu_monitoring", mon != nil))
+		zap.String("config", f.config), zap.String("listen", ln.Addr().String()), zap.Bool("gpu_monitoring", opened.mon != nil))
+	late := make(chan gpu.Source, 1)
+	retryCtx, stopRetry := context.WithCancel(ctx)
+	if opened.retry {
+		go func() {
+			late <- retryGPU(retryCtx, f.gpu, log, func(lib string) (gpu.Source, error) {
+				return nvml.Load(lib, nvml.Options{PollTimeout: f.gpu.timeout})
+			}, a.AttachGPU)
+		}()
+	} else {
+		late <- nil
+	}
 	runErr := a.Run(ctx)
+	stopRetry()
+	if src := <-late; src != nil {
+		src.Close() // the agent has stopped its monitor
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)

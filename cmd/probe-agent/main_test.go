@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -12,11 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
+	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/gpu/nvml"
 )
 
@@ -231,5 +235,52 @@ func TestGPUWithoutDriver(t *testing.T) {
 	}
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Up || r.Message == "" || r.GPUs == nil {
 		t.Fatalf("gpu --json: %v %s", err, out.String())
+	}
+}
+
+// fakeGPUs is a one-GPU source for the CLI's tests.
+type fakeGPUs struct{ closed chan struct{} }
+
+func (f *fakeGPUs) Devices() []gpu.Device {
+	return []gpu.Device{{UUID: "GPU-11111111-2222-3333-4444-555555555555", Name: "NVIDIA H100 80GB HBM3"}}
+}
+func (f *fakeGPUs) DriverVersion() string    { return "550.54.15" }
+func (f *fakeGPUs) Events() <-chan gpu.Event { return nil }
+func (f *fakeGPUs) Close() error             { close(f.closed); return nil }
+func (f *fakeGPUs) Sample(context.Context) ([]gpu.Sample, error) {
+	return []gpu.Sample{{UUID: "GPU-11111111-2222-3333-4444-555555555555", TempC: gpu.Some[uint32](40)}}, nil
+}
+
+// A driver that loads after the agent started (a GPU operator's driver container) is
+// picked up by the retry: the monitor goes to the agent, the source back to the caller.
+func TestRetryGPUAttachesALateDriver(t *testing.T) {
+	var tries atomic.Int32
+	src := &fakeGPUs{closed: make(chan struct{})}
+	load := func(lib string) (gpu.Source, error) {
+		if lib != nvml.LibraryName {
+			t.Errorf("library %q", lib)
+		}
+		if tries.Add(1) < 3 {
+			return nil, errors.New("nvml init: ERROR_DRIVER_NOT_LOADED")
+		}
+		return src, nil
+	}
+	attached := make(chan *gpu.Monitor, 1)
+	got := retryGPU(context.Background(), gpuFlags{retry: 10 * time.Millisecond, interval: time.Hour}, zap.NewNop(), load,
+		func(m *gpu.Monitor) { attached <- m })
+	if got != src || tries.Load() != 3 {
+		t.Fatalf("returned %v after %d tries", got, tries.Load())
+	}
+	if m := <-attached; len(m.Devices()) != 1 {
+		t.Fatalf("monitor of %v", m.Devices())
+	}
+
+	// Cancelled before a driver shows up: nothing is attached.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if got := retryGPU(ctx, gpuFlags{retry: 10 * time.Millisecond}, zap.NewNop(),
+		func(string) (gpu.Source, error) { return nil, errors.New("still no driver") },
+		func(*gpu.Monitor) { t.Error("attached without a driver") }); got != nil {
+		t.Fatalf("returned %v", got)
 	}
 }
