@@ -18,6 +18,16 @@ type Device struct {
 	Name     string `json:"name"`
 	PCIBusID string `json:"pci_bus_id"`
 	MIG      bool   `json:"mig"`
+	// MIGDevices are the GPU's MIG slices when MIG is on.
+	MIGDevices []MIGDevice `json:"mig_devices,omitempty"`
+}
+
+// MIGDevice is one MIG slice of a GPU: its UUID (MIG-…) and its GPU and compute
+// instance IDs.
+type MIGDevice struct {
+	UUID string `json:"uuid"`
+	GI   uint32 `json:"gpu_instance"`
+	CI   uint32 `json:"compute_instance"`
 }
 
 // Opt is a reading that may be missing: OK is false when the GPU does not support it or

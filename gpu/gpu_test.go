@@ -70,6 +70,27 @@ func TestFromSpecFixtures(t *testing.T) {
 	}
 }
 
+// A MIG slice's UUID maps to the GPU it is part of, whose health is the slice's.
+func TestResolveMIGSliceToItsGPU(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../testdata/oci/mig.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		t.Fatal(err)
+	}
+	devs := node()
+	devs[5].MIG = true
+	devs[5].MIGDevices = []MIGDevice{{UUID: "MIG-00000000-0000-5000-8000-000000000000", GI: 1, CI: 0},
+		{UUID: "mig-8a1f0c2e-1b2c-5d3e-9f4a-0123456789AB", GI: 2, CI: 0}}
+	got, unmatched := FromSpec(&s).Resolve(devs)
+	if len(got) != 1 || got[0].Index != 5 || len(unmatched) != 0 {
+		t.Fatalf("resolved %v, unmatched %v; want GPU 5", got, unmatched)
+	}
+}
+
 func TestFromSpecNil(t *testing.T) {
 	t.Parallel()
 	if !FromSpec(nil).Empty() {

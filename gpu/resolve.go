@@ -115,9 +115,10 @@ func FromEnv(env []string) Request {
 // Empty reports whether the container asks for no GPU.
 func (r Request) Empty() bool { return !r.All && len(r.IDs) == 0 && len(r.Minors) == 0 }
 
-// Resolve maps the request onto the node's GPUs: UUIDs by UUID, indexes by NVML index,
-// device entries by minor number. It returns the GPUs in index order and the IDs that
-// match none (a MIG UUID, a GPU this node does not have).
+// Resolve maps the request onto the node's GPUs: UUIDs by UUID (a MIG slice's UUID to
+// the GPU it is part of, whose health is the slice's), indexes by NVML index, device
+// entries by minor number. It returns the GPUs in index order and the IDs that match
+// none (a GPU this node does not have).
 func (r Request) Resolve(devs []Device) (matched []Device, unmatched []string) {
 	take := map[string]bool{}
 	if r.All {
@@ -128,7 +129,7 @@ func (r Request) Resolve(devs []Device) (matched []Device, unmatched []string) {
 	for _, id := range r.IDs {
 		found := false
 		for _, d := range devs {
-			if strings.EqualFold(d.UUID, id) {
+			if strings.EqualFold(d.UUID, id) || d.hasMIG(id) {
 				take[d.UUID], found = true, true
 			} else if n, err := strconv.Atoi(id); err == nil && d.Index == n {
 				take[d.UUID], found = true, true
@@ -156,4 +157,13 @@ func (r Request) Resolve(devs []Device) (matched []Device, unmatched []string) {
 	}
 	sort.Slice(matched, func(i, j int) bool { return matched[i].Index < matched[j].Index })
 	return matched, unmatched
+}
+
+func (d Device) hasMIG(uuid string) bool {
+	for _, m := range d.MIGDevices {
+		if strings.EqualFold(m.UUID, uuid) {
+			return true
+		}
+	}
+	return false
 }

@@ -118,6 +118,9 @@ func New(lib gonvml.Interface, opts Options) (*Source, error) {
 		if cur, _, ret := h.GetMigMode(); ret == gonvml.SUCCESS {
 			d.MIG = cur == gonvml.DEVICE_MIG_ENABLE
 		}
+		if d.MIG {
+			d.MIGDevices = migDevices(h)
+		}
 		s.devs = append(s.devs, d)
 		s.handles = append(s.handles, h)
 	}
@@ -135,6 +138,34 @@ func New(lib gonvml.Interface, opts Options) (*Source, error) {
 	s.done.Add(1)
 	go s.watch(ctx)
 	return s, nil
+}
+
+// migDevices lists a MIG-enabled GPU's slices; slots without one are skipped.
+func migDevices(h gonvml.Device) []gpu.MIGDevice {
+	n, ret := h.GetMaxMigDeviceCount()
+	if ret != gonvml.SUCCESS {
+		return nil
+	}
+	var out []gpu.MIGDevice
+	for i := range n {
+		m, ret := h.GetMigDeviceHandleByIndex(i)
+		if ret != gonvml.SUCCESS {
+			continue
+		}
+		uuid, ret := m.GetUUID()
+		if ret != gonvml.SUCCESS {
+			continue
+		}
+		md := gpu.MIGDevice{UUID: uuid, GI: gpu.NoInstance, CI: gpu.NoInstance}
+		if gi, ret := m.GetGpuInstanceId(); ret == gonvml.SUCCESS {
+			md.GI = uint32(gi)
+		}
+		if ci, ret := m.GetComputeInstanceId(); ret == gonvml.SUCCESS {
+			md.CI = uint32(ci)
+		}
+		out = append(out, md)
+	}
+	return out
 }
 
 func busID(p gonvml.PciInfo) string {

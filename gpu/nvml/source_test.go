@@ -5,6 +5,7 @@ package nvml
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -196,5 +197,39 @@ func TestOptionalSymbolFallback(t *testing.T) {
 	}
 	if v := gpu.Evaluate(gpu.Verdict{}, nil, &samples[0], nil, time.Now(), gpu.DefaultPolicy()); v.State != gpu.Degraded {
 		t.Fatalf("hardware slowdown not degraded: %+v", v)
+	}
+}
+
+// A MIG-enabled GPU's slices are listed with their instance IDs, so that containers
+// given a slice are mapped to the GPU.
+func TestMIGSlicesAreEnumerated(t *testing.T) {
+	n := healthyNode(t)
+	d := n.Device(2)
+	d.SetMigMode(gonvml.DEVICE_MIG_ENABLE)
+	d.GetMaxMigDeviceCountFunc = func() (int, gonvml.Return) { return 7, gonvml.SUCCESS }
+	d.GetMigDeviceHandleByIndexFunc = func(i int) (gonvml.Device, gonvml.Return) {
+		if i >= 2 {
+			return nil, gonvml.ERROR_NOT_FOUND
+		}
+		return &mock.Device{
+			GetUUIDFunc: func() (string, gonvml.Return) {
+				return fmt.Sprintf("MIG-8a1f0c2e-1b2c-5d3e-9f4a-%012d", i), gonvml.SUCCESS
+			},
+			GetGpuInstanceIdFunc:     func() (int, gonvml.Return) { return 7 + i, gonvml.SUCCESS },
+			GetComputeInstanceIdFunc: func() (int, gonvml.Return) { return 0, gonvml.SUCCESS },
+		}, gonvml.SUCCESS
+	}
+	s := open(t, n)
+	devs := s.Devices()
+	if !devs[2].MIG || len(devs[2].MIGDevices) != 2 || devs[2].MIGDevices[1].GI != 8 ||
+		devs[2].MIGDevices[1].UUID != "MIG-8a1f0c2e-1b2c-5d3e-9f4a-000000000001" {
+		t.Fatalf("GPU 2: %+v", devs[2])
+	}
+	if devs[1].MIG || devs[1].MIGDevices != nil {
+		t.Fatalf("GPU 1: %+v", devs[1])
+	}
+	r := gpu.Request{IDs: []string{"MIG-8a1f0c2e-1b2c-5d3e-9f4a-000000000001"}}
+	if got, _ := r.Resolve(devs); len(got) != 1 || got[0].Index != 2 {
+		t.Fatalf("MIG slice resolved to %+v", got)
 	}
 }
