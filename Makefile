@@ -48,10 +48,14 @@ deploy-check:
 
 fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./service
+	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 5s ./gpu
+	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 5s ./gpu
 
-## fuzz: a longer fuzzing run of the service.json parser.
+## fuzz: longer fuzzing runs of the parsers (service.json, OCI specs' GPU requests, XID lists).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5m ./service
+	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 2m ./gpu
+	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 1m ./gpu
 
 ## bench: the full side-by-side benchmark; writes bench/results.json and docs/benchmarks.md.
 bench:
