@@ -9,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	ctrd "github.com/containerd/containerd"
-	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
-	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.uber.org/zap"
@@ -349,7 +346,6 @@ func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
 	e := containerdEnv(t)
 	node := newFakeNode()
 	client := e.daemon.Client(t)
-	ctx := namespaces.WithNamespace(context.Background(), "default")
 	withNvidiaDevices := func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		for _, minor := range []int64{3, 255} { // /dev/nvidia3 and /dev/nvidiactl
 			path := "/dev/nvidia" + strconv.FormatInt(minor, 10)
@@ -360,20 +356,10 @@ func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
 		}
 		return nil
 	}
-	c, err := client.NewContainer(ctx, "inference",
-		ctrd.WithContainerLabels(map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1}}`}),
-		ctrd.WithNewSpec(oci.WithRootFSPath(e.rootfs), oci.WithDefaultPathEnv,
-			oci.WithEnv([]string{"NVIDIA_VISIBLE_DEVICES=" + node.uuid(1)}), withNvidiaDevices, oci.WithProcessArgs("sleep", "600")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := c.NewTask(ctx, cio.NullIO)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctrdtest.RunContainerSpec(t, client, "default", "inference",
+		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["true"]},"period_seconds":0.1}}`},
+		oci.WithRootFSPath(e.rootfs), oci.WithDefaultPathEnv, oci.WithEnv([]string{"NVIDIA_VISIBLE_DEVICES=" + node.uuid(1)}),
+		withNvidiaDevices, oci.WithProcessArgs("sleep", "600"))
 	h := containerdAgent(t, e, "", t.TempDir(), func(o *Options) {
 		o.GPU, o.GPUReadiness = gpu.NewMonitor(node, gpu.DefaultPolicy(), 50*time.Millisecond, o.Logger), true
 	})

@@ -321,10 +321,14 @@ func copyFile(t testing.TB, from, to string) {
 // tool (ctr, nerdctl) would, with labels and the given command.
 func RunContainer(t testing.TB, client *containerd.Client, ns, id, rootfs string, labels map[string]string, args ...string) containerd.Task {
 	t.Helper()
+	return RunContainerSpec(t, client, ns, id, labels, oci.WithRootFSPath(rootfs), oci.WithDefaultPathEnv, oci.WithProcessArgs(args...))
+}
+
+// RunContainerSpec is RunContainer with the spec built from opts.
+func RunContainerSpec(t testing.TB, client *containerd.Client, ns, id string, labels map[string]string, opts ...oci.SpecOpts) containerd.Task {
+	t.Helper()
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	c, err := client.NewContainer(ctx, id,
-		containerd.WithContainerLabels(labels),
-		containerd.WithNewSpec(oci.WithRootFSPath(rootfs), oci.WithDefaultPathEnv, oci.WithProcessArgs(args...)))
+	c, err := client.NewContainer(ctx, id, containerd.WithContainerLabels(labels), containerd.WithNewSpec(opts...))
 	if err != nil {
 		t.Fatal(err)
 	}
