@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 # The containerd client links Go's plugin package, which makes the linker bind every
 # symbol at start; go-nvml's are bound only when the driver's library is opened, so
-# the cgo build must leave containerd's plugin loader out (see gpu/nvml/bindnow.go).
+# NVML is built in only with containerd's plugin loader left out (gpu/nvml/stub.go).
 export GOFLAGS := $(strip $(GOFLAGS) -tags=no_dynamic_plugins)
 
 DOCKER   ?= docker

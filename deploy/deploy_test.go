@@ -193,10 +193,14 @@ func TestDockerfileBuildsTheAgentForItsBase(t *testing.T) {
 	}
 	t.Logf("binary needs glibc %s; %s has %s", need, final.base, have)
 
-	// It starts (a cgo build without no_dynamic_plugins dies before main).
+	// It starts, with NVML built in (it is left out without cgo or no_dynamic_plugins).
 	out, err := exec.Command(agentBinary, "version").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "probe-agent deploy-test ") {
 		t.Fatalf("version: %v: %s", err, out)
+	}
+	out, _ = exec.Command(agentBinary, "gpu").CombinedOutput()
+	if strings.Contains(string(out), "not built in") {
+		t.Errorf("the image's binary has no NVML support: %s", out)
 	}
 }
 

@@ -84,9 +84,12 @@ func openGPU(g gpuFlags, log *zap.Logger) (gpuOpening, error) {
 		if retry {
 			fields = append(fields, zap.Duration("retry_every", g.retry))
 		}
-		if nvml.NoDriver(err) {
+		switch {
+		case errors.Is(err, nvml.ErrUnavailable):
+			log.Warn("no GPU monitoring: this build has no NVML support", fields...)
+		case nvml.NoDriver(err):
 			log.Info("no GPU monitoring: NVML not available on this node", fields...)
-		} else {
+		default:
 			log.Error("no GPU monitoring: NVML failed", fields...)
 		}
 		return gpuOpening{unavailable: "GPU monitoring unavailable: " + err.Error(), retry: retry}, nil

@@ -177,7 +177,7 @@ func TestRunServesStatusAndStopsCleanly(t *testing.T) {
 		if body := get("/metrics"); !strings.Contains(body, "probe_agent_gpu_monitoring_up 0") {
 			t.Error("/metrics lacks probe_agent_gpu_monitoring_up 0")
 		}
-		if !strings.Contains(logs.String(), `"msg":"no GPU monitoring: NVML not available on this node"`) {
+		if !strings.Contains(logs.String(), `"msg":"no GPU monitoring: `) {
 			t.Errorf("no log line says why GPU monitoring is off:\n%s", logs.String())
 		}
 		if !strings.Contains(get("/v1/containers"), `"gpus": []`) {

@@ -6,8 +6,9 @@ import (
 	"path/filepath"
 )
 
-// ErrUnavailable says this build cannot talk to NVML (it was built without cgo).
-var ErrUnavailable = errors.New("built without cgo, so NVML cannot be loaded")
+// ErrUnavailable says this build cannot talk to NVML: it was built without cgo, or on
+// linux/amd64 without the no_dynamic_plugins tag (see stub.go).
+var ErrUnavailable = errors.New("NVML support not built in (needs cgo and, on linux/amd64, -tags no_dynamic_plugins)")
 
 // LibraryName is the NVML library the driver installs.
 const LibraryName = "libnvidia-ml.so.1"

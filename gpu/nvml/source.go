@@ -1,4 +1,4 @@
-//go:build linux && cgo
+//go:build linux && cgo && (no_dynamic_plugins || !amd64)
 
 // Package nvml reads GPU health from the NVIDIA driver through go-nvml. It is the only
 // package that imports go-nvml (and needs cgo); without cgo, Load reports GPU monitoring

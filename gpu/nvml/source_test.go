@@ -1,4 +1,4 @@
-//go:build linux && cgo
+//go:build linux && cgo && (no_dynamic_plugins || !amd64)
 
 package nvml
 

@@ -1,4 +1,4 @@
-//go:build linux && cgo
+//go:build linux && cgo && (no_dynamic_plugins || !amd64)
 
 // Package nvmltest is a mocked NVIDIA node for tests: go-nvml's own DGX A100 mock with
 // every getter the agent calls wired healthy, and event sets the test drives.
