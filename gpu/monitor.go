@@ -91,18 +91,38 @@ func (m *Monitor) Run(ctx context.Context) {
 				events = nil
 				continue
 			}
-			m.event(e)
-			m.Poll(ctx) // act on a fatal event now, not at the next tick
+			// Take every event already queued, then poll once if one of them can
+			// change a verdict: a fatal XID is acted on now, not at the next tick,
+			// and a storm of single-bit ECC events costs no polls.
+			act := m.event(e)
+			for queued := true; queued && events != nil; {
+				select {
+				case e, ok := <-events:
+					if !ok {
+						events = nil
+						continue
+					}
+					act = m.event(e) || act
+				default:
+					queued = false
+				}
+			}
+			if act {
+				m.Poll(ctx)
+			}
 		}
 	}
 }
 
-func (m *Monitor) event(e Event) {
+// event records one event and reports whether it can change a verdict (Evaluate acts
+// on fatal and warning XIDs, double-bit ECC, lost or unavailable GPUs; a recovery
+// action is read by the poll).
+func (m *Monitor) event(e Event) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st, ok := m.status[e.UUID]
 	if !ok {
-		return
+		return false
 	}
 	fields := []zap.Field{zap.String("gpu_uuid", e.UUID), zap.Int("gpu_index", st.Device.Index), zap.String("kind", e.Kind.String())}
 	if e.Kind == EventXID {
@@ -116,6 +136,13 @@ func (m *Monitor) event(e Event) {
 	}
 	m.log.Warn("gpu event", fields...)
 	m.pending[e.UUID] = append(m.pending[e.UUID], e)
+	switch e.Kind {
+	case EventSBE:
+		return false
+	case EventXID:
+		return m.pol.Severity(e.XID) != SeverityIgnore
+	}
+	return true
 }
 
 // Poll samples every GPU and re-evaluates its verdict with the events since the last

@@ -18,6 +18,7 @@ type fakeSource struct {
 	samples []Sample
 	err     error
 	events  chan Event
+	polls   int
 }
 
 func (f *fakeSource) Devices() []Device     { return f.devs }
@@ -25,6 +26,7 @@ func (f *fakeSource) DriverVersion() string { return "550.54.15" }
 func (f *fakeSource) Sample(context.Context) ([]Sample, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.polls++
 	return append([]Sample(nil), f.samples...), f.err
 }
 func (f *fakeSource) Events() <-chan Event { return f.events }
@@ -43,7 +45,9 @@ func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
 		src.samples = append(src.samples, Sample{UUID: d.UUID, ECCCorrVolatile: Some[uint64](5), RecoveryAction: Some[uint32](0)})
 	}
 	core, logs := observer.New(zap.DebugLevel)
-	m := NewMonitor(src, DefaultPolicy(), time.Hour, zap.New(core))
+	// Polls every 20 ms: a reset or a failing poll shows at the next tick; events that
+	// cannot change a verdict (XID 13, single-bit ECC) do not poll by themselves.
+	m := NewMonitor(src, DefaultPolicy(), 20*time.Millisecond, zap.New(core))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -90,4 +94,50 @@ func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
 	src.set(func(f *fakeSource) { f.err = errors.New("poll timed out") })
 	src.events <- Event{UUID: devs[0].UUID, Kind: EventSBE, GI: NoInstance, CI: NoInstance}
 	wait("unknown", func(s Snapshot) bool { return !s.Up && s.GPUs[0].Verdict.State == Unknown })
+}
+
+// Events that cannot change a verdict (single-bit ECC, ignored XIDs) are recorded and
+// logged without polling the GPUs; a fatal XID is acted on at once.
+func TestMonitorPollsOnlyForEventsThatMatter(t *testing.T) {
+	devs := node()[:2]
+	src := &fakeSource{devs: devs, events: make(chan Event)}
+	for _, d := range devs {
+		src.samples = append(src.samples, Sample{UUID: d.UUID, ECCCorrVolatile: Some[uint64](5)})
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	m := NewMonitor(src, DefaultPolicy(), time.Hour, zap.New(core))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	polls := func() int {
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		return src.polls
+	}
+	// One at a time (the channel is unbuffered), so that none is batched with another.
+	for i := range 200 {
+		e := Event{UUID: devs[0].UUID, Kind: EventSBE, GI: NoInstance, CI: NoInstance}
+		if i%2 == 1 {
+			e.Kind, e.XID = EventXID, 13
+		}
+		src.events <- e
+	}
+	src.events <- Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance}
+	deadline := time.Now().Add(5 * time.Second)
+	for m.Snapshot().GPUs[1].Verdict.State != Unhealthy {
+		if time.Now().After(deadline) {
+			t.Fatal("XID 79 not acted on")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := polls(); n != 2 {
+		t.Fatalf("%d polls, want the first and one for XID 79", n)
+	}
+	if n := logs.FilterMessage("gpu event").Len(); n != 201 {
+		t.Fatalf("%d event lines, want one per event", n)
+	}
+	if s := m.Snapshot(); s.GPUs[0].Verdict.State != Healthy || s.GPUs[0].XIDs[13] != 100 {
+		t.Fatalf("GPU 0: %+v", s.GPUs[0])
+	}
 }
