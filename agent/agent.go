@@ -500,6 +500,15 @@ func metricsName(cs *containerState) metrics.Container {
 // current instance and the health of its GPUs; reason says why it is not ready
 // (not_running, startup, readiness, gpu). Called with a.mu held.
 func (a *Agent) readiness(cs *containerState) (started, ready bool, reason string) {
+	started, ready, reason = a.probeReadiness(cs)
+	if ready && a.opts.GPUReadiness && len(cs.gpuBad) > 0 {
+		return started, false, "gpu"
+	}
+	return started, ready, reason
+}
+
+// probeReadiness is readiness from the probes alone; called with a.mu held.
+func (a *Agent) probeReadiness(cs *containerState) (started, ready bool, reason string) {
 	st, ok := a.mgr.Summary(cs.c.Name)
 	switch {
 	case cs.state != StateRunning || !ok || st.Instance != cs.instance:
@@ -508,8 +517,6 @@ func (a *Agent) readiness(cs *containerState) (started, ready bool, reason strin
 		return false, false, "startup"
 	case st.Has[service.Readiness] && st.Values[service.Readiness] != prober.ValueSuccess:
 		return true, false, "readiness"
-	case a.opts.GPUReadiness && len(cs.gpuBad) > 0:
-		return true, false, "gpu"
 	}
 	return true, true, ""
 }

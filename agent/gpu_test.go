@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
@@ -262,32 +263,24 @@ func TestIntegrationGPUAttachedLate(t *testing.T) {
 	if r := h.a.GPUReport(); r.Up || !strings.Contains(r.Message, "ERROR_DRIVER_NOT_LOADED") {
 		t.Fatalf("report before the driver: %+v", r)
 	}
-	if n, err := testutilGather(h, "probe_agent_gpu_monitoring_up"); err != nil || n != 0 {
-		t.Fatalf("monitoring_up %v %v", n, err)
+	monitoringUp := func(v string) error {
+		return testutil.GatherAndCompare(h.m.Registry, strings.NewReader(`
+# HELP probe_agent_gpu_monitoring_up 1 when NVML is initialised and the last GPU poll worked, 0 otherwise.
+# TYPE probe_agent_gpu_monitoring_up gauge
+probe_agent_gpu_monitoring_up `+v+"\n"), "probe_agent_gpu_monitoring_up")
+	}
+	if err := monitoringUp("0"); err != nil {
+		t.Fatal(err)
 	}
 	h.a.AttachGPU(gpu.NewMonitor(node, gpu.DefaultPolicy(), 50*time.Millisecond, h.a.log))
 	h.eventually(10*time.Second, "mapped to GPU 2", func(s ContainerStatus) bool {
 		return s.Ready && len(s.GPUs) == 1 && s.GPUs[0].UUID == node.uuid(2) && s.GPUs[0].Health == "healthy"
 	})
-	if n, err := testutilGather(h, "probe_agent_gpu_monitoring_up"); err != nil || n != 1 {
-		t.Fatalf("monitoring_up %v %v after the attach", n, err)
+	if err := monitoringUp("1"); err != nil {
+		t.Fatalf("after the attach: %v", err)
 	}
 	node.xid(2, 79)
 	h.eventually(10*time.Second, "not ready for GPU 2", func(s ContainerStatus) bool {
 		return !s.Ready && s.NotReadyReason == "gpu" && s.GPUs[0].XID == 79
 	})
-}
-
-// testutilGather returns the value of a gauge without labels.
-func testutilGather(h *harness, name string) (float64, error) {
-	mfs, err := h.m.Registry.Gather()
-	if err != nil {
-		return 0, err
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue(), nil
-		}
-	}
-	return 0, fmt.Errorf("no %s", name)
 }

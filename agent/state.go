@@ -87,8 +87,7 @@ func writeState(dir string, data []byte) error {
 func (a *Agent) snapshot() savedState {
 	s := savedState{Version: 1, Containers: map[string]savedContainer{}}
 	for name, cs := range a.ctrs {
-		started, ready, reason := a.readiness(cs)
-		ready = ready || reason == "gpu" // the probes' readiness; the GPU is looked at again
+		started, ready, _ := a.probeReadiness(cs) // the GPU is looked at again after a restart
 		delay, last := cs.backoff.State()
 		s.Containers[name] = savedContainer{Instance: cs.instance, RestartCount: cs.restarts, Started: started,
 			Ready: ready, LastExitCode: cs.lastExit, BackoffDelay: delay, BackoffLast: last}
