@@ -188,15 +188,12 @@ func (s *Source) DriverVersion() string { return s.driver }
 // Events returns GPU events; it is closed by Close.
 func (s *Source) Events() <-chan gpu.Event { return s.events }
 
-// ErrPollTimeout says a poll did not finish in time: a GPU may be wedged.
-var ErrPollTimeout = gpu.ErrPollTimeout
-
-// Sample reads every GPU once. It returns ErrPollTimeout when the reads outlast
+// Sample reads every GPU once. It returns gpu.ErrPollTimeout when the reads outlast
 // PollTimeout, and while such a stuck poll has not returned, so that stuck calls do
 // not pile up.
 func (s *Source) Sample(ctx context.Context) ([]gpu.Sample, error) {
 	if !s.polling.CompareAndSwap(false, true) {
-		return nil, ErrPollTimeout
+		return nil, gpu.ErrPollTimeout
 	}
 	res := make(chan []gpu.Sample, 1)
 	go func() {
@@ -213,7 +210,7 @@ func (s *Source) Sample(ctx context.Context) ([]gpu.Sample, error) {
 	case out := <-res:
 		return out, nil
 	case <-t.C:
-		return nil, ErrPollTimeout
+		return nil, gpu.ErrPollTimeout
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

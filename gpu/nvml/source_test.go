@@ -161,13 +161,13 @@ func TestBlockingGetterTimesOut(t *testing.T) {
 	}
 	s := open(t, n)
 	start := time.Now()
-	if _, err := s.Sample(context.Background()); !errors.Is(err, ErrPollTimeout) {
+	if _, err := s.Sample(context.Background()); !errors.Is(err, gpu.ErrPollTimeout) {
 		t.Fatalf("got %v", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("timed out after %v", d)
 	}
-	if _, err := s.Sample(context.Background()); !errors.Is(err, ErrPollTimeout) {
+	if _, err := s.Sample(context.Background()); !errors.Is(err, gpu.ErrPollTimeout) {
 		t.Fatalf("a second poll started while the first is stuck: %v", err)
 	}
 	once.Do(func() { close(release) })
