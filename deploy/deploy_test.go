@@ -21,8 +21,12 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 )
 
-// agentBinary is the agent built with the Dockerfile's own build command, by TestMain.
-var agentBinary string
+// image is deploy/Dockerfile, and agentBinary the agent built with its own build
+// command; TestMain reads and builds them once.
+var (
+	image       *dockerfile
+	agentBinary string
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "probe-agent-deploy")
@@ -30,10 +34,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	df, err := parseDockerfile("Dockerfile")
+	image, err = parseDockerfile("Dockerfile")
 	if err == nil {
 		agentBinary = filepath.Join(dir, "probe-agent")
-		err = df.build(agentBinary)
+		err = image.build(agentBinary)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "building the agent as deploy/Dockerfile does:", err)
@@ -145,14 +149,10 @@ var glibcOf = map[string]string{
 }
 
 func TestDockerfileBuildsTheAgentForItsBase(t *testing.T) {
-	df, err := parseDockerfile("Dockerfile")
-	if err != nil {
-		t.Fatal(err)
+	if len(image.stages) != 2 {
+		t.Fatalf("%d stages, want a build stage and a runtime stage", len(image.stages))
 	}
-	if len(df.stages) != 2 {
-		t.Fatalf("%d stages, want a build stage and a runtime stage", len(df.stages))
-	}
-	build, final := df.stages[0], df.stages[1]
+	build, final := image.stages[0], image.stages[1]
 
 	// The builder's Go is the module's.
 	gomod, err := os.ReadFile("../go.mod")
