@@ -74,7 +74,7 @@ func main() {
 	if *quick {
 		mode = "quick"
 	}
-	meta := results.Meta{Date: time.Now().UTC().Format(time.RFC3339), Mode: mode, GoVersion: runtime.Version(),
+	meta := results.Meta{Date: time.Now().UTC().Format(time.RFC3339), Commit: commit(), Mode: mode, GoVersion: runtime.Version(),
 		CPU: cpuModel(), Cores: runtime.NumCPU(), Kernel: kernel(), Seconds: int(time.Since(started).Seconds()),
 		Skipped: strings.Join(r.skipped, "; ")}
 	if err := write(strings.TrimSuffix(*out, ".json")+"-meta.json", meta); err != nil {
@@ -363,6 +363,16 @@ func cpuModel() string {
 		}
 	}
 	return "unknown"
+}
+
+// commit names the checkout being measured, so that a results page says what it was
+// measured at.
+func commit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func kernel() string {

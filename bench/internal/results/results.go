@@ -21,7 +21,10 @@ type Row struct {
 
 // Meta describes a run.
 type Meta struct {
-	Date      string `json:"date"`
+	Date string `json:"date"`
+	// Commit is the agent's commit the run measured (git describe; "-dirty" when the
+	// work tree had changes).
+	Commit    string `json:"commit"`
 	Mode      string `json:"mode"`
 	GoVersion string `json:"go_version"`
 	CPU       string `json:"cpu"`
