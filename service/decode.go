@@ -181,9 +181,13 @@ func syntaxError(data []byte, dec *json.Decoder, err error) error {
 	return ErrorList{{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, msg)}}
 }
 
-// presetter is a type whose defaults depend on the key it appears under; decode calls
-// preset on a new value before filling in the fields present in the document.
-type presetter interface{ preset(key string) }
+// presetter is a struct whose fields' defaults depend on which field they are (a
+// check's on its probe type): before decoding a member into a nil pointer field,
+// decode lets it set the field to its default value, then fills in what the document
+// says.
+type presetter interface {
+	presetField(key string, field reflect.Value)
+}
 
 var secondsType = reflect.TypeFor[Seconds]()
 
@@ -215,9 +219,6 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 		}
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
-			if p, ok := v.Interface().(presetter); ok {
-				p.preset(path[strings.LastIndexByte(path, '.')+1:])
-			}
 		}
 		decode(n, v.Elem(), path, errs)
 	case reflect.Struct:
@@ -239,7 +240,11 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 				errs.add(p, "unknown field")
 				continue
 			}
-			decode(m.val, v.Field(i), p, errs)
+			f := v.Field(i)
+			if ps, ok := v.Addr().Interface().(presetter); ok && f.Kind() == reflect.Pointer && f.IsNil() && m.val.kind != kindNull {
+				ps.presetField(m.key, f)
+			}
+			decode(m.val, f, p, errs)
 		}
 	case reflect.Slice:
 		if n.kind == kindNull {

@@ -16,6 +16,7 @@ func ParseContainer(data []byte, path string, opts Options) (*Container, error) 
 	var c Container
 	var errs ErrorList
 	decode(root, reflect.ValueOf(&c).Elem(), path, &errs)
+	c.SetDefaults()
 	c.validate(path, opts, &errs)
 	if len(errs) > 0 {
 		return nil, dropCascades(errs)
@@ -44,6 +45,7 @@ func ParseContainers(data []byte, path string, opts Options) (map[string]*Contai
 		}
 		var c Container
 		decode(m.val, reflect.ValueOf(&c).Elem(), p, &errs)
+		c.SetDefaults()
 		c.validate(p, opts, &errs)
 		c.Name = m.key
 		out[m.key] = &c

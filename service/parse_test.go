@@ -228,6 +228,30 @@ func TestContainerValidate(t *testing.T) {
 	}
 }
 
+// TestValidateChangesNothing checks that validation only reads: defaults come from
+// SetDefaults, so that what is validated is exactly what runs.
+func TestValidateChangesNothing(t *testing.T) {
+	t.Parallel()
+	build := func() Container {
+		return Container{Command: "srv --port 8000", Port: 8000,
+			LivenessCheck:  &Check{HTTPGet: &HTTPGet{Scheme: "https"}},
+			ReadinessCheck: &Check{TCPSocket: &TCPSocket{}, PeriodSeconds: Seconds(time.Second)}}
+	}
+	c, untouched := build(), build()
+	if err := c.Validate("c", Options{}); err == nil {
+		t.Fatal("a container without defaults validated")
+	}
+	if !reflect.DeepEqual(c, untouched) {
+		t.Fatalf("Validate changed the container:\n%+v\nwas\n%+v", c, untouched)
+	}
+	c.SetDefaults()
+	if c.RestartPolicy != RestartAlways || !reflect.DeepEqual(c.Args, []string{"srv", "--port", "8000"}) ||
+		c.LivenessCheck.HTTPGet.Port != 8000 || c.LivenessCheck.HTTPGet.Path != "/" || c.LivenessCheck.HTTPGet.Scheme != "HTTPS" ||
+		c.ReadinessCheck.TCPSocket.Port != 8000 {
+		t.Fatalf("defaults %+v %+v", c, c.LivenessCheck.HTTPGet)
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("../testdata/*.json")
 	for _, name := range files {

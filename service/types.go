@@ -71,6 +71,11 @@ func (c *Container) Check(t ProbeType) *Check {
 	return nil
 }
 
+// CreatedByAgent reports whether the entry describes a container for the agent to
+// create and run (it names a rootfs or an image), rather than checks for a container
+// someone else runs.
+func (c *Container) CreatedByAgent() bool { return c.Rootfs != "" || c.Image != "" }
+
 // Environ returns the container's environment as KEY=VALUE strings.
 func (c *Container) Environ() []string {
 	env := make([]string, 0, len(c.Env))

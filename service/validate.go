@@ -7,8 +7,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mattn/go-shellwords"
+	"golang.org/x/net/http/httpguts"
 )
+
+// Validation reads the configuration and never changes it: defaults are applied
+// before it (defaults.go), so that what is validated is what the agent runs.
 
 var (
 	// nameRE allows the Kubernetes form namespace/pod/container.
@@ -28,9 +31,6 @@ func (s *Service) validate(opts Options, errs *ErrorList) {
 	for i := range s.Containers {
 		c := &s.Containers[i]
 		p := "containers[" + strconv.Itoa(i) + "]"
-		if c.Name == "" && s.Metadata.Name != "" {
-			c.Name = s.Metadata.Name + "-" + strconv.Itoa(i)
-		}
 		c.validate(p, opts, errs)
 		if c.Name == "" {
 			continue
@@ -43,9 +43,8 @@ func (s *Service) validate(opts Options, errs *ErrorList) {
 	}
 }
 
-// Validate checks one container entry on its own, as it appears under path; it fills in
-// the defaults that do not depend on the service (restart policy, Args). It is the check
-// applied to every container of a service.json file.
+// Validate checks one container entry on its own, as it appears under path, after
+// SetDefaults. It is the check applied to every container of a service.json file.
 func (c *Container) Validate(path string, opts Options) error {
 	var errs ErrorList
 	c.validate(path, opts, &errs)
@@ -65,17 +64,8 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 		}
 	}
 	if c.Command != "" {
-		sp := shellwords.NewParser()
-		args, err := sp.Parse(c.Command)
-		switch {
-		case err != nil:
-			errs.add(p+".command", "cannot split into words: %v", err)
-		case sp.Position >= 0:
-			errs.add(p+".command", "shell operator at offset %d: the command is not run through a shell; write \"sh -c '...'\" to use one", sp.Position)
-		case len(args) == 0:
-			errs.add(p+".command", "holds no words")
-		default:
-			c.Args = args
+		if _, err := splitCommand(c.Command); err != nil {
+			errs.add(p+".command", "%s", err)
 		}
 	}
 	if c.Port != 0 {
@@ -85,15 +75,15 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 		errs.add(p+".rootfs", "set rootfs or image, not both")
 	}
 	switch c.RestartPolicy {
-	case "":
-		c.RestartPolicy = RestartAlways
 	case RestartAlways, RestartOnFailure, RestartNever:
 	default:
 		errs.add(p+".restart_policy", "%q is not one of Always, OnFailure, Never", c.RestartPolicy)
 	}
 	for _, t := range ProbeTypes {
 		if ch := c.Check(t); ch != nil {
-			ch.validate(p+"."+t.Field(), t, c.Port, opts, errs)
+			cp := p + "." + t.Field()
+			ch.validateMethod(cp, opts, errs)
+			ch.validateTiming(cp, t, errs)
 		}
 	}
 }
@@ -116,8 +106,8 @@ func joinInts(v []int) string {
 	return strings.Join(s, ", ")
 }
 
-// validate checks one check; a method without a port takes the container's port.
-func (c *Check) validate(p string, t ProbeType, containerPort int, opts Options, errs *ErrorList) {
+// validateMethod checks that a check has exactly one method, and that method's fields.
+func (c *Check) validateMethod(p string, opts Options, errs *ErrorList) {
 	var methods []string
 	if c.HTTPGet != nil {
 		methods = append(methods, MethodHTTPGet)
@@ -138,55 +128,53 @@ func (c *Check) validate(p string, t ProbeType, containerPort int, opts Options,
 	default:
 		errs.add(p, "exactly one of http_get, tcp_socket, exec, grpc is required, got %s", strings.Join(methods, " and "))
 	}
-	port := func(mp string, v *int) {
-		if *v == 0 {
-			if containerPort == 0 {
-				errs.add(mp, "required (the container has no port to default to)")
-				return
-			}
-			*v = containerPort
-		}
-		validatePort(mp, *v, opts, errs)
-	}
 	if h := c.HTTPGet; h != nil {
-		mp := p + ".http_get"
-		port(mp+".port", &h.Port)
-		if h.Path == "" {
-			h.Path = "/"
-		} else if !strings.HasPrefix(h.Path, "/") {
-			errs.add(mp+".path", "%q must start with '/'", h.Path)
-		}
-		switch strings.ToUpper(h.Scheme) {
-		case "":
-			h.Scheme = "HTTP"
-		case "HTTP", "HTTPS":
-			h.Scheme = strings.ToUpper(h.Scheme)
-		default:
-			errs.add(mp+".scheme", "%q is not HTTP or HTTPS", h.Scheme)
-		}
-		validateHost(mp+".host", h.Host, errs)
-		for i, hd := range h.HTTPHeaders {
-			if !validHeaderName(hd.Name) {
-				errs.add(fmt.Sprintf("%s.http_headers[%d].name", mp, i), "%q is not a valid HTTP header name", hd.Name)
-			}
-			if strings.ContainsAny(hd.Value, "\r\n\x00") {
-				errs.add(fmt.Sprintf("%s.http_headers[%d].value", mp, i), "must not contain CR, LF or NUL")
-			}
-		}
+		validateHTTPGet(p+".http_get", h, opts, errs)
 	}
 	if s := c.TCPSocket; s != nil {
-		port(p+".tcp_socket.port", &s.Port)
+		validateMethodPort(p+".tcp_socket.port", s.Port, opts, errs)
 		validateHost(p+".tcp_socket.host", s.Host, errs)
 	}
 	if g := c.GRPC; g != nil {
-		port(p+".grpc.port", &g.Port)
+		validateMethodPort(p+".grpc.port", g.Port, opts, errs)
 		validateHost(p+".grpc.host", g.Host, errs)
 	}
-	if e := c.Exec; e != nil {
-		if len(e.Command) == 0 || e.Command[0] == "" {
-			errs.add(p+".exec.command", "must name a command")
+	if e := c.Exec; e != nil && (len(e.Command) == 0 || e.Command[0] == "") {
+		errs.add(p+".exec.command", "must name a command")
+	}
+}
+
+// validateMethodPort checks a method's port; after SetDefaults it is 0 only when
+// neither the check nor the container names one.
+func validateMethodPort(p string, port int, opts Options, errs *ErrorList) {
+	if port == 0 {
+		errs.add(p, "required (the container has no port to default to)")
+		return
+	}
+	validatePort(p, port, opts, errs)
+}
+
+func validateHTTPGet(p string, h *HTTPGet, opts Options, errs *ErrorList) {
+	validateMethodPort(p+".port", h.Port, opts, errs)
+	if !strings.HasPrefix(h.Path, "/") {
+		errs.add(p+".path", "%q must start with '/'", h.Path)
+	}
+	if h.Scheme != "HTTP" && h.Scheme != "HTTPS" {
+		errs.add(p+".scheme", "%q is not HTTP or HTTPS", h.Scheme)
+	}
+	validateHost(p+".host", h.Host, errs)
+	for i, hd := range h.HTTPHeaders {
+		if !httpguts.ValidHeaderFieldName(hd.Name) {
+			errs.add(fmt.Sprintf("%s.http_headers[%d].name", p, i), "%q is not a valid HTTP header name", hd.Name)
+		}
+		if strings.ContainsAny(hd.Value, "\r\n\x00") {
+			errs.add(fmt.Sprintf("%s.http_headers[%d].value", p, i), "must not contain CR, LF or NUL")
 		}
 	}
+}
+
+// validateTiming checks a check's delays, durations, thresholds and grace period.
+func (c *Check) validateTiming(p string, t ProbeType, errs *ErrorList) {
 	if c.InitialDelaySeconds < 0 {
 		errs.add(p+".initial_delay_seconds", "must not be negative")
 	} else if c.InitialDelaySeconds > 0 && c.InitialDelaySeconds.D() < MinDuration {
@@ -227,18 +215,4 @@ func validateHost(p, host string, errs *ErrorList) {
 	if host != "" && strings.ContainsAny(host, "/?#@ \t\r\n") {
 		errs.add(p, "%q must be a host name or IP address only", host)
 	}
-}
-
-// validHeaderName reports whether s is an RFC 9110 field name (a token).
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, r := range s {
-		if r >= 0x80 || !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' ||
-			strings.ContainsRune("!#$%&'*+-.^_`|~", r)) {
-			return false
-		}
-	}
-	return true
 }
