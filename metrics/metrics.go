@@ -1,6 +1,11 @@
 // Package metrics defines every Prometheus metric the agent exports, in one place.
 // Per-container series carry namespace, pod and container labels (namespace and pod
 // are empty outside Kubernetes) and are deleted when the container goes away.
+//
+// The GPU metrics (probe_agent_gpu_* and probe_agent_container_gpu_*) are the one
+// exception: they are read from the GPU monitor's state at each scrape by a custom
+// collector, gpu.Collector (gpu/metrics.go), which the agent's command registers on
+// this package's Registry.
 package metrics
 
 import (

@@ -1,8 +1,7 @@
 //go:build linux && cgo && (no_dynamic_plugins || !amd64)
 
-// Package nvml reads GPU health from the NVIDIA driver through go-nvml. It is the only
-// package that imports go-nvml (and needs cgo); without cgo, Load reports GPU monitoring
-// as unavailable.
+// The real NVML source (see doc.go for when it is built).
+
 package nvml
 
 import (
