@@ -123,3 +123,15 @@ func (a *Agent) restoreFor(name, instance string) *prober.Restore {
 	}
 	return r
 }
+
+// restoreSaved reads what the previous agent left in the state dir, if there is one.
+func (a *Agent) restoreSaved() {
+	if a.opts.StateDir == "" {
+		return
+	}
+	saved, err := loadState(a.opts.StateDir)
+	if err != nil {
+		a.log.Error("cannot read saved state", zap.Error(err))
+	}
+	a.saved = saved
+}

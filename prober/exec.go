@@ -12,7 +12,7 @@ import (
 // Exec runs the check's command in the container; exit code 0 is a success. A command
 // that outlives the timeout is killed and counts as a failure. Output (stdout and stderr
 // together) is capped at 10 KiB.
-func Exec(ctx context.Context, t Target, c *service.Check) Result {
+func Exec(ctx context.Context, t Target, c *service.Check, _ Settings) Result {
 	var out cappedBuffer
 	code, err := t.Exec(ctx, c.Exec.Command, &out)
 	text := strings.TrimSpace(out.String())

@@ -15,13 +15,13 @@ import (
 
 // GRPC calls grpc.health.v1.Health/Check; only SERVING is a success and every error is
 // a failure, as with the kubelet and grpc_health_probe.
-func GRPC(ctx context.Context, t Target, c *service.Check) Result {
+func GRPC(ctx context.Context, t Target, c *service.Check, s Settings) Result {
 	g := c.GRPC
 	addr := net.JoinHostPort(hostOr(g.Host, t), strconv.Itoa(g.Port))
 	var dialErr atomic.Pointer[error] // written by gRPC's dialing goroutine
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUserAgent(UserAgent),
+		grpc.WithUserAgent(s.userAgent()),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			c, err := dial(ctx, t, "tcp", a, lingerSeconds)
 			if err != nil {

@@ -52,7 +52,7 @@ var httpClient = &http.Client{
 // HTTP sends a GET; a final status in 200–399 is a success, and a redirect to another
 // host is not followed but reported as a success with a warning. The response body is
 // read (at most 10 KiB) and never copied into the output.
-func HTTP(ctx context.Context, t Target, c *service.Check) Result {
+func HTTP(ctx context.Context, t Target, c *service.Check, s Settings) Result {
 	h := c.HTTPGet
 	u := &url.URL{
 		Scheme: strings.ToLower(h.Scheme),
@@ -71,7 +71,7 @@ func HTTP(ctx context.Context, t Target, c *service.Check) Result {
 		req.Header.Add(hd.Name, hd.Value)
 	}
 	if _, ok := req.Header["User-Agent"]; !ok {
-		req.Header.Set("User-Agent", UserAgent)
+		req.Header.Set("User-Agent", s.userAgent())
 	}
 	if v, ok := req.Header["Accept"]; !ok {
 		req.Header.Set("Accept", "*/*")

@@ -67,23 +67,35 @@ type Transition struct {
 	At                     time.Time
 }
 
-// HistoryEntry is one probe result kept for the status API.
-type HistoryEntry struct {
-	Time    time.Time `json:"time"`
-	Result  string    `json:"result"`
-	Output  string    `json:"output,omitempty"`
-	Latency float64   `json:"duration_seconds"`
+// Record is one probe result as the Manager keeps it.
+type Record struct {
+	Time    time.Time
+	Outcome Outcome
+	// Output is the result's output, cut to MaxRecordOutput bytes.
+	Output string
+	Took   time.Duration
 }
 
-// ProbeStatus is a probe's state for the status API.
-type ProbeStatus struct {
-	Method               string         `json:"method"`
-	Result               string         `json:"result"`
-	ConsecutiveSuccesses int            `json:"consecutive_successes"`
-	ConsecutiveFailures  int            `json:"consecutive_failures"`
-	LastOutput           string         `json:"last_output"`
-	LastProbeTime        *time.Time     `json:"last_probe_time"`
-	History              []HistoryEntry `json:"history"`
+// MaxRecordOutput bounds the output kept with each Record.
+const MaxRecordOutput = 256
+
+// ProbeDetail is one probe's state with its recent results.
+type ProbeDetail struct {
+	Method string
+	// Value is the probe's published value.
+	Value                Value
+	ConsecutiveSuccesses int
+	ConsecutiveFailures  int
+	// History holds the last results, oldest first; the last one is the latest.
+	History []Record
+}
+
+// Last returns the latest result, if there is one.
+func (d *ProbeDetail) Last() (Record, bool) {
+	if len(d.History) == 0 {
+		return Record{}, false
+	}
+	return d.History[len(d.History)-1], true
 }
 
 // Status is the probe state of one container instance.
@@ -94,7 +106,8 @@ type Status struct {
 	// Values holds each probe type's published value; Has says which types exist.
 	Values [3]Value
 	Has    [3]bool
-	Probes [3]*ProbeStatus
+	// Probes holds each probe's detail (Status only, not Summary).
+	Probes [3]*ProbeDetail
 }
 
 // Options configure a Manager.
@@ -106,7 +119,9 @@ type Options struct {
 	// Resolution is the timer wheel's tick (default 1 ms).
 	Resolution time.Duration
 	// History is how many results each probe keeps for the status API (default 10).
-	History  int
+	History int
+	// Settings apply to every probe.
+	Settings Settings
 	Clock    clockwork.Clock
 	Logger   *zap.Logger
 	Recorder Recorder
@@ -149,8 +164,8 @@ type probe struct {
 	queued  bool
 	due     time.Time
 
-	last    *HistoryEntry
-	history []HistoryEntry // ring
+	last    *Record
+	history []Record // ring
 	next    int
 	// failingLogged is set once a failure that changed nothing (a readiness probe
 	// failing from the start) has been logged, until the next success.
@@ -345,7 +360,7 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 			}
 		}
 		start := m.opts.Clock.Now()
-		r = Run(ctx, inst.Target, p.check)
+		r = Run(ctx, inst.Target, p.check, m.opts.Settings)
 		took = m.opts.Clock.Since(start)
 		if p.method == service.MethodExec {
 			m.execs.Release(1)
@@ -367,12 +382,12 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	if p.stopped {
 		return
 	}
-	if r.Outcome == Warning && (p.last == nil || p.last.Result != "warning" || p.last.Output != r.Output) {
+	if r.Outcome == Warning && (p.last == nil || p.last.Outcome != Warning || p.last.Output != r.Output) {
 		m.opts.Logger.Warn("probe warning",
 			zap.String("container", inst.ID), zap.String("probe", p.typ.String()),
 			zap.String("method", p.method), zap.String("output", r.Output))
 	}
-	p.record(HistoryEntry{Time: now, Result: r.Outcome.String(), Output: r.Output, Latency: took.Seconds()}, m.opts.History)
+	p.record(Record{Time: now, Outcome: r.Outcome, Output: r.Output, Took: took}, m.opts.History)
 	if r.Outcome == Unknown {
 		m.opts.Logger.Warn("probe error",
 			zap.String("container", inst.ID), zap.String("probe", p.typ.String()),
@@ -423,9 +438,9 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	m.driver.AddSlack(&p.timer, next, wheel.Slack(period))
 }
 
-func (p *probe) record(e HistoryEntry, n int) {
-	if len(e.Output) > 256 {
-		e.Output = e.Output[:256] + "..."
+func (p *probe) record(e Record, n int) {
+	if len(e.Output) > MaxRecordOutput {
+		e.Output = e.Output[:MaxRecordOutput] + "..."
 	}
 	if len(p.history) < n {
 		p.history = append(p.history, e)
@@ -476,17 +491,12 @@ func (m *Manager) status(id string, detail bool) (Status, bool) {
 			continue
 		}
 		succ, fail := p.state.Consecutive()
-		ps := &ProbeStatus{Method: p.method, Result: p.state.Value.String(),
-			ConsecutiveSuccesses: succ, ConsecutiveFailures: fail, History: []HistoryEntry{}}
-		if p.last != nil {
-			ps.LastOutput = p.last.Output
-			tm := p.last.Time
-			ps.LastProbeTime = &tm
-		}
+		d := &ProbeDetail{Method: p.method, Value: p.state.Value,
+			ConsecutiveSuccesses: succ, ConsecutiveFailures: fail, History: make([]Record, 0, len(p.history))}
 		// Oldest first.
-		ps.History = append(ps.History, p.history[p.next:]...)
-		ps.History = append(ps.History, p.history[:p.next]...)
-		st.Probes[t] = ps
+		d.History = append(d.History, p.history[p.next:]...)
+		d.History = append(d.History, p.history[:p.next]...)
+		st.Probes[t] = d
 	}
 	return st, true
 }

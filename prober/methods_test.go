@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/service"
 )
 
@@ -112,7 +112,7 @@ func TestHTTPProbeRealServer(t *testing.T) {
 		{"/loop", Failure, "stopped after 10 redirects", nil},
 	}
 	for _, tc := range cases {
-		r := Run(context.Background(), hostTarget{}, httpCheck(p, tc.path, tc.headers...))
+		r := Run(context.Background(), hostTarget{}, httpCheck(p, tc.path, tc.headers...), Settings{})
 		if r.Outcome != tc.want || !strings.Contains(r.Output, tc.output) {
 			t.Errorf("%s: %v %q, want %v ...%s...", tc.path, r.Outcome, r.Output, tc.want, tc.output)
 		}
@@ -122,10 +122,16 @@ func TestHTTPProbeRealServer(t *testing.T) {
 	}
 
 	// Headers: defaults, additions, removal by empty value, Host override.
-	Run(context.Background(), hostTarget{}, httpCheck(p, "/ok"))
+	Run(context.Background(), hostTarget{}, httpCheck(p, "/ok"), Settings{UserAgent: "probe-agent/1.2.3"})
 	mu.Lock()
-	if ua := lastHeaders.Get("User-Agent"); ua != UserAgent {
-		t.Errorf("User-Agent = %q, want %q", ua, UserAgent)
+	if ua := lastHeaders.Get("User-Agent"); ua != "probe-agent/1.2.3" {
+		t.Errorf("User-Agent = %q, want the one in Settings", ua)
+	}
+	mu.Unlock()
+	Run(context.Background(), hostTarget{}, httpCheck(p, "/ok"), Settings{})
+	mu.Lock()
+	if ua := lastHeaders.Get("User-Agent"); ua != DefaultUserAgent {
+		t.Errorf("User-Agent = %q, want %q", ua, DefaultUserAgent)
 	}
 	if a := lastHeaders.Get("Accept"); a != "*/*" {
 		t.Errorf("Accept = %q", a)
@@ -136,7 +142,7 @@ func TestHTTPProbeRealServer(t *testing.T) {
 	mu.Unlock()
 	Run(context.Background(), hostTarget{}, httpCheck(p, "/ok",
 		service.HTTPHeader{Name: "X-Probe", Value: "1"}, service.HTTPHeader{Name: "Accept", Value: ""},
-		service.HTTPHeader{Name: "User-Agent", Value: ""}, service.HTTPHeader{Name: "Host", Value: "model.local"}))
+		service.HTTPHeader{Name: "User-Agent", Value: ""}, service.HTTPHeader{Name: "Host", Value: "model.local"}), Settings{})
 	mu.Lock()
 	if lastHeaders.Get("X-Probe") != "1" || lastHost != "model.local" {
 		t.Errorf("custom header or Host not sent: %v host=%q", lastHeaders, lastHost)
@@ -153,7 +159,7 @@ func TestHTTPProbeRealServer(t *testing.T) {
 	c := httpCheck(p, "/slow")
 	c.TimeoutSeconds = service.Seconds(100 * time.Millisecond)
 	start := time.Now()
-	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Failure || !strings.Contains(r.Output, "timed out") {
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Failure || !strings.Contains(r.Output, "timed out") {
 		t.Errorf("slow: %v %q", r.Outcome, r.Output)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -161,7 +167,7 @@ func TestHTTPProbeRealServer(t *testing.T) {
 	}
 
 	// A vanished target is an error, not a failure.
-	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, httpCheck(p, "/ok")); r.Outcome != Unknown {
+	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, httpCheck(p, "/ok"), Settings{}); r.Outcome != Unknown {
 		t.Errorf("unavailable target: %v %q", r.Outcome, r.Output)
 	}
 }
@@ -172,7 +178,7 @@ func TestHTTPSProbeSkipsVerification(t *testing.T) {
 	defer srv.Close()
 	c := httpCheck(port(t, srv.Listener.Addr().String()), "/")
 	c.HTTPGet.Scheme = "HTTPS"
-	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Success {
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Success {
 		t.Fatalf("https: %v %q", r.Outcome, r.Output)
 	}
 }
@@ -186,25 +192,15 @@ func TestTCPProbe(t *testing.T) {
 	p := port(t, ln.Addr().String())
 	c := service.DefaultCheck(service.Liveness)
 	c.TCPSocket = &service.TCPSocket{Port: p}
-	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Success {
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Success {
 		t.Errorf("open port: %v %q", r.Outcome, r.Output)
 	}
 	ln.Close()
-	// A socket bound but not listening holds a port that refuses connections.
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	c.TCPSocket.Port = sa.(*syscall.SockaddrInet4).Port
-	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Failure || !strings.Contains(r.Output, "refused") {
+	c.TCPSocket.Port = testsock.RefusingPort(t)
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Failure || !strings.Contains(r.Output, "refused") {
 		t.Errorf("refused port: %v %q", r.Outcome, r.Output)
 	}
-	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, c); r.Outcome != Unknown {
+	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, c, Settings{}); r.Outcome != Unknown {
 		t.Errorf("unavailable target: %v %q", r.Outcome, r.Output)
 	}
 }
@@ -226,17 +222,17 @@ func TestGRPCProbe(t *testing.T) {
 	for svc, want := range map[string]Outcome{"model": Success, "": Success, "sick": Failure, "nonexistent": Failure} {
 		c := service.DefaultCheck(service.Readiness)
 		c.GRPC = &service.GRPC{Port: p, Service: svc}
-		if r := Run(context.Background(), hostTarget{}, c); r.Outcome != want {
+		if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != want {
 			t.Errorf("service %q: %v %q, want %v", svc, r.Outcome, r.Output, want)
 		}
 	}
 	c := service.DefaultCheck(service.Readiness)
 	c.GRPC = &service.GRPC{Port: p}
-	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, c); r.Outcome != Unknown {
+	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, c, Settings{}); r.Outcome != Unknown {
 		t.Errorf("unavailable target: %v %q", r.Outcome, r.Output)
 	}
 	srv.Stop()
-	if r := Run(context.Background(), hostTarget{}, c); r.Outcome != Failure {
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Failure {
 		t.Errorf("stopped server: %v %q", r.Outcome, r.Output)
 	}
 }
@@ -264,7 +260,7 @@ func TestExecProbeMapping(t *testing.T) {
 		}}
 		c := service.DefaultCheck(service.Liveness)
 		c.Exec = &service.Exec{Command: []string{"x"}}
-		r := Run(context.Background(), tgt, c)
+		r := Run(context.Background(), tgt, c, Settings{})
 		if r.Outcome != tc.want || !strings.Contains(r.Output, tc.output) {
 			t.Errorf("code %d err %v: %v %q, want %v %q", tc.code, tc.err, r.Outcome, r.Output, tc.want, tc.output)
 		}

@@ -69,29 +69,43 @@ func IsUnavailable(err error) bool {
 	return errors.As(err, &u) && u.Unavailable()
 }
 
-// Func is one probe method.
-type Func func(ctx context.Context, t Target, c *service.Check) Result
+// Settings are the agent's own for every probe, as opposed to a check's.
+type Settings struct {
+	// UserAgent is sent by HTTP and gRPC probes unless a check sets the header
+	// (default DefaultUserAgent).
+	UserAgent string
+}
 
-// Methods maps a check's method name to its implementation.
-var Methods = map[string]Func{
+// DefaultUserAgent is the User-Agent of a build that was given no version.
+const DefaultUserAgent = "probe-agent/dev"
+
+func (s Settings) userAgent() string {
+	if s.UserAgent == "" {
+		return DefaultUserAgent
+	}
+	return s.UserAgent
+}
+
+// Func is one probe method.
+type Func func(ctx context.Context, t Target, c *service.Check, s Settings) Result
+
+// methods maps a check's method name to its implementation.
+var methods = map[string]Func{
 	service.MethodHTTPGet:   HTTP,
 	service.MethodTCPSocket: TCP,
 	service.MethodExec:      Exec,
 	service.MethodGRPC:      GRPC,
 }
 
-// UserAgent is sent by HTTP and gRPC probes unless a check overrides it.
-var UserAgent = "probe-agent/dev"
-
 // Run runs check c against t once, bounded by the check's timeout.
-func Run(ctx context.Context, t Target, c *service.Check) Result {
-	fn, ok := Methods[c.Method()]
+func Run(ctx context.Context, t Target, c *service.Check, s Settings) Result {
+	fn, ok := methods[c.Method()]
 	if !ok {
 		return Result{Outcome: Unknown, Output: "no probe method " + c.Method()}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.TimeoutSeconds.D())
 	defer cancel()
-	return fn(ctx, t, c)
+	return fn(ctx, t, c, s)
 }
 
 // MaxOutput caps what a probe keeps of a command's output or an HTTP body (10 KiB).

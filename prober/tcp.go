@@ -9,7 +9,7 @@ import (
 )
 
 // TCP succeeds when a TCP connection to the check's port is established.
-func TCP(ctx context.Context, t Target, c *service.Check) Result {
+func TCP(ctx context.Context, t Target, c *service.Check, _ Settings) Result {
 	s := c.TCPSocket
 	addr := net.JoinHostPort(hostOr(s.Host, t), strconv.Itoa(s.Port))
 	// Nothing is sent: close with a reset (SO_LINGER 0), which costs a fraction of an

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	goruntime "runtime"
-	"strings"
 	"syscall"
 	"time"
 
@@ -199,12 +198,12 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	prober.UserAgent = "probe-agent/" + version
 	var a *agent.Agent
 	m := metrics.New(version, func() float64 { return float64(a.Manager().Scheduled()) })
 	a = agent.New(agent.Options{
 		Runtime: rt, Logger: log, Metrics: m,
-		Prober:  prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec},
+		Prober: prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec,
+			Settings: prober.Settings{UserAgent: "probe-agent/" + version}},
 		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace, StateDir: stateDir,
 		GPU: opened.mon, GPUUnavailable: opened.unavailable, GPUReadiness: f.gpu.readiness,
 	})
@@ -257,11 +256,8 @@ func newValidateCmd() *cobra.Command {
 			}
 			svc, err := loadService(config, reserved, runtimeName)
 			if err != nil {
-				for _, line := range strings.Split(err.Error(), "\n") {
-					if !strings.HasPrefix(line, config+": ") {
-						line = config + ": " + line
-					}
-					fmt.Fprintln(cmd.OutOrStdout(), line)
+				for _, e := range service.Errors(err) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", config, e)
 				}
 				return exitError{1}
 			}

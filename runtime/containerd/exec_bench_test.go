@@ -70,7 +70,7 @@ func BenchmarkExecAgainstBareClient(b *testing.B) {
 		}
 	}
 	agent := func() {
-		if r := prober.Run(context.Background(), tg, check); r.Outcome != prober.Success {
+		if r := prober.Run(context.Background(), tg, check, prober.Settings{}); r.Outcome != prober.Success {
 			b.Fatalf("exec probe: %v %s", r.Outcome, r.Output)
 		}
 	}

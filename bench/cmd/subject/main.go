@@ -229,7 +229,7 @@ func execs() measure.Result {
 				ok := false
 				switch *impl {
 				case "ours":
-					ok = prober.Run(context.Background(), tg, c).Outcome == prober.Success
+					ok = prober.Run(context.Background(), tg, c, prober.Settings{}).Outcome == prober.Success
 				case "raw":
 					ok = exec.Command("/bin/true").Run() == nil
 				default:
