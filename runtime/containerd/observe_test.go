@@ -60,3 +60,27 @@ func TestObserveConcludesNothingWhenContainerdCannotSay(t *testing.T) {
 		t.Fatalf("the container was forgotten or marked stopped: %+v", e)
 	}
 }
+
+// A pod's checks come from its sandbox's metadata. A sandbox that is gone means no
+// checks; containerd failing to answer must come back as an error, never as "no
+// checks", which would unregister the container's probes at the next reconcile.
+func TestPodChecksDoNotTakeAnErrorForNoChecks(t *testing.T) {
+	ctrdtest.Require(t)
+	d := ctrdtest.Start(t)
+	client := d.Client(t)
+	r, err := New(Options{Address: d.Address, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	id := runtime.Identity{Name: "default/web/app", Namespace: "default", Pod: "web", Container: "app"}
+	c, checksErr, err := r.podChecks(nctx, client, "no-such-sandbox", id, r.opts.ServiceOptions)
+	if c != nil || checksErr != nil || err != nil {
+		t.Fatalf("a sandbox that is gone: %v, %v, %v; want no checks and no error", c, checksErr, err)
+	}
+	d.Kill()
+	c, checksErr, err = r.podChecks(nctx, client, "some-sandbox", id, r.opts.ServiceOptions)
+	if err == nil || c != nil || checksErr != nil {
+		t.Fatalf("containerd down: %v, %v, %v; want an error", c, checksErr, err)
+	}
+}

@@ -1,0 +1,159 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
+
+	"github.com/probe-agent/probe-agent/runtime"
+)
+
+// Target returns how to probe a container's current instance.
+func (r *Runtime) Target(name string) (runtime.Target, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[name]
+	if e == nil || !e.running {
+		return nil, fmt.Errorf("container %s: not running", name)
+	}
+	return &target{client: r.client, ns: e.ns, id: e.id, pid: e.pid, process: e.process, hostNet: e.hostNet,
+		fifoDir: filepath.Join(r.opts.StateDir, "fifo"), cleanup: &r.cleanup}, nil
+}
+
+func (r *Runtime) lookup(name string) (*containerd.Client, string, string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[name]
+	if e == nil {
+		return nil, "", "", fmt.Errorf("container %s: not found", name)
+	}
+	if r.client == nil {
+		return nil, "", "", fmt.Errorf("container %s: containerd not connected", name)
+	}
+	return r.client, e.ns, e.id, nil
+}
+
+// Stop sends SIGTERM to the container's task, SIGKILL to all its processes after grace,
+// and returns once the task has exited.
+func (r *Runtime) Stop(ctx context.Context, name string, grace time.Duration) error {
+	client, ns, id, err := r.lookup(name)
+	if err != nil {
+		return err
+	}
+	nctx := namespaces.WithNamespace(ctx, ns)
+	c, err := client.LoadContainer(nctx, id)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", name, err)
+	}
+	task, err := c.Task(nctx, nil)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("container %s: %w", name, err)
+	}
+	exitc, err := task.Wait(nctx)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", name, err)
+	}
+	if err := task.Kill(nctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: SIGTERM: %w", name, err)
+	}
+	select {
+	case <-exitc:
+		return nil
+	case <-time.After(grace):
+	case <-ctx.Done():
+	}
+	kctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ns), 30*time.Second)
+	defer cancel()
+	if err := task.Kill(kctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: SIGKILL: %w", name, err)
+	}
+	select {
+	case <-exitc:
+		return nil
+	case <-kctx.Done():
+		return fmt.Errorf("container %s: still running after SIGKILL", name)
+	}
+}
+
+// Start starts a new task for a container the agent may restart: the old task is
+// deleted and a new one created from the same container (restart in place). Containers
+// of the agent's service.json are created first if they do not exist.
+func (r *Runtime) Start(ctx context.Context, name string) error {
+	var managedBy string
+	r.mu.Lock()
+	if e := r.entries[name]; e != nil && !e.c.Owned {
+		managedBy = e.c.ManagedBy
+	}
+	r.mu.Unlock()
+	if managedBy != "" {
+		return fmt.Errorf("container %s: restarted by the %s, not the agent", name, managedBy)
+	}
+	client, err := r.getClient()
+	if err != nil {
+		return err
+	}
+	var ns, id string
+	if cfg := r.config[name]; cfg != nil && cfg.CreatedByAgent() {
+		ns, id = OwnedNamespace, name
+		if err := r.create(ctx, client, cfg); err != nil {
+			r.send([]runtime.Event{{Type: runtime.StartFailed, Name: name, Time: time.Now(), Err: err}})
+			return err
+		}
+	} else if _, ns, id, err = r.lookup(name); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.fresh[name] = true
+	r.mu.Unlock()
+	if err := r.newTask(ctx, client, ns, id); err != nil {
+		err = fmt.Errorf("container %s: %w", name, err)
+		r.send([]runtime.Event{{Type: runtime.StartFailed, Name: name, Time: time.Now(), Err: err}})
+		return err
+	}
+	return nil
+}
+
+func (r *Runtime) newTask(ctx context.Context, client *containerd.Client, ns, id string) error {
+	// Creating a task starts a shim; cancelling half-way would orphan it, so the
+	// caller's cancellation does not reach these calls, a timeout bounds them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	nctx := namespaces.WithNamespace(ctx, ns)
+	c, err := client.LoadContainer(nctx, id)
+	if err != nil {
+		return err
+	}
+	if old, err := c.Task(nctx, nil); err == nil {
+		if st, err := old.Status(nctx); err == nil && st.Status == containerd.Running {
+			return errors.New("already running")
+		}
+		if _, err := old.Delete(nctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("deleting the old task: %w", err)
+		}
+	}
+	logs := filepath.Join(r.opts.StateDir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return err
+	}
+	task, err := c.NewTask(nctx, cio.LogFile(filepath.Join(logs, ns+"_"+id+".log")))
+	if err != nil {
+		return fmt.Errorf("creating the task: %w", err)
+	}
+	if err := task.Start(nctx); err != nil {
+		_, _ = task.Delete(nctx, containerd.WithProcessKill)
+		return fmt.Errorf("starting the task: %w", err)
+	}
+	return nil
+}
