@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime/containerd"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
@@ -52,21 +53,6 @@ func containerdEnv(t *testing.T) *env {
 	return newContainerdEnv(t)
 }
 
-func (h *harness) waitFor(name string, within time.Duration, what string, cond func(ContainerStatus) bool) ContainerStatus {
-	h.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		s, ok := h.a.Container(name)
-		if ok && cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %s of %s; status %+v\nlogs:\n%s", what, name, s, h.logTail())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestIntegrationContainerdExplainsLoopbackOnlyServer(t *testing.T) {
 	t.Parallel()
 	e := containerdEnv(t)
@@ -85,19 +71,14 @@ func TestIntegrationContainerdExplainsLoopbackOnlyServer(t *testing.T) {
 	if !strings.Contains(s.Probes["readiness"].LastOutput, "192.0.2.10:8000") || s.Ready {
 		t.Fatalf("readiness %+v", s.Probes["readiness"])
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		logged := false
+	await.Until(t, 5*time.Second, "a log line with the explanation", func() bool {
 		for _, l := range h.logs.FilterMessage("probe failing").All() {
-			logged = logged || strings.Contains(fmt.Sprint(l.ContextMap()["output"]), want)
+			if strings.Contains(fmt.Sprint(l.ContextMap()["output"]), want) {
+				return true
+			}
 		}
-		if logged {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with the explanation:\n%s", h.logTail())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	}, h.logTail)
 }
 
 func TestIntegrationContainerdBadLabelReportedForThatContainerOnly(t *testing.T) {
@@ -183,25 +164,13 @@ func TestIntegrationContainerdDaemonRestartLosesNothing(t *testing.T) {
 	}
 
 	e.daemon.Kill()
-	deadline := time.Now().Add(10 * time.Second)
-	for h.a.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz still true with containerd down")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	await.Until(t, 10*time.Second, "/readyz false with containerd down", func() bool { return !h.a.Ready() })
 	time.Sleep(time.Second)
 	if len(h.a.Containers()) != 2 {
 		t.Fatalf("containers lost while containerd is down: %+v", h.a.Containers())
 	}
 	e.daemon.Restart()
-	deadline = time.Now().Add(20 * time.Second)
-	for !h.a.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("agent did not reconnect:\n%s", h.logTail())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	await.Until(t, 20*time.Second, "the agent to reconnect", h.a.Ready, h.logTail)
 	time.Sleep(time.Second)
 	for _, n := range []string{"labelled", "owned"} {
 		s := h.waitFor(n, 5*time.Second, "ready again", ready)
@@ -242,16 +211,15 @@ func TestIntegrationContainerdAgentRestartKeepsState(t *testing.T) {
 
 	second := containerdAgent(t, e, spec, stateDir)
 	seen := false
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		if s, ok := second.a.Container("model"); ok {
+	var s2 ContainerStatus
+	await.Holds(t, 3*time.Second, "ready, started, the same instance and restart count after the agent restart", func() bool {
+		var ok bool
+		if s2, ok = second.a.Container("model"); ok {
 			seen = true
-			if !s.Ready || !s.Started || s.RestartCount != 1 || s.PID != pid {
-				t.Fatalf("after the agent restart: %+v", s)
-			}
+			return s2.Ready && s2.Started && s2.RestartCount == 1 && s2.PID == pid
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return true
+	}, func() string { return fmt.Sprintf("%+v", s2) })
 	if !seen {
 		t.Fatal("the container was not found again")
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/internal/await"
 )
 
 // gpuNode is a GPU node a test can break and repair: a fake source, or go-nvml's mock
@@ -115,25 +116,19 @@ func gpuReadinessScenario(t *testing.T, node gpuNode) {
 	}
 	all := func(what string, cond func(name string, s ContainerStatus) bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ok := true
-			var bad ContainerStatus
+		var bad ContainerStatus
+		await.Until(t, 10*time.Second, what, func() bool {
 			for _, n := range names {
 				if s, known := h.a.Container(n); !known || !cond(n, s) {
-					ok, bad = false, s
-					break
+					bad = s
+					return false
 				}
 			}
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				b, _ := json.MarshalIndent(bad, "", " ")
-				t.Fatalf("timed out waiting for %s; %s\nlogs:\n%s", what, b, h.logTail())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return true
+		}, func() string {
+			b, _ := json.MarshalIndent(bad, "", " ")
+			return string(b) + "\nlogs:\n" + h.logTail()
+		})
 	}
 	gpuReport := func() gpu.Report {
 		var r gpu.Report
@@ -157,11 +152,7 @@ func gpuReadinessScenario(t *testing.T, node gpuNode) {
 
 	// An ignored XID is logged and counted, and nothing else happens.
 	node.xid(1, 13)
-	for deadline := time.Now().Add(10 * time.Second); gpuReport().GPUs[1].XIDs["13"] != 1; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("XID 13 never reported")
-		}
-	}
+	await.Until(t, 10*time.Second, "XID 13 reported", func() bool { return gpuReport().GPUs[1].XIDs["13"] == 1 })
 	time.Sleep(200 * time.Millisecond) // several polls
 	all("every container still ready after XID 13", func(_ string, s ContainerStatus) bool { return s.Ready })
 	if h.logs.FilterMessage("container gpu unhealthy").Len() != 0 {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime/containerd"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
@@ -118,17 +120,12 @@ func TestIntegrationKubernetesCRIFollowsKubeletRestarts(t *testing.T) {
 	}
 	// The liveness failure stops the container; the agent does not restart it.
 	h.waitFor(name, 20*time.Second, "stopped", func(s ContainerStatus) bool { return s.State == StateExited })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st, err := rs.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: first})
-		if err == nil && st.Status.State == cri.ContainerState_CONTAINER_EXITED {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the CRI plugin did not see the container exit: %v %v", st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var st *cri.ContainerStatusResponse
+	var stErr error
+	await.Until(t, 20*time.Second, "the CRI plugin to see the container exit", func() bool {
+		st, stErr = rs.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: first})
+		return stErr == nil && st.Status.State == cri.ContainerState_CONTAINER_EXITED
+	}, func() string { return fmt.Sprint(st, stErr) })
 	// The kubelet's part: a new container for the same pod and name.
 	second := create(1)
 	s = h.waitFor(name, 20*time.Second, "following the replacement", func(s ContainerStatus) bool {

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/metrics"
 )
 
@@ -62,11 +63,7 @@ func agentMetrics(t *testing.T) map[string]bool {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { mon.Run(ctx); close(done) }()
-	for deadline := time.Now().Add(5 * time.Second); mon.Snapshot().GPUs[0].LastXID != 79; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the monitor did not take the XID")
-		}
-	}
+	await.Until(t, 5*time.Second, "the monitor to take the XID", func() bool { return mon.Snapshot().GPUs[0].LastXID == 79 })
 	cancel()
 	<-done
 	m.Registry.MustRegister(gpu.NewCollector(mon, func() []gpu.ContainerGPUs {

@@ -3,12 +3,15 @@ package gpu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/probe-agent/probe-agent/internal/await"
 )
 
 // fakeSource is a Source whose samples and events the test sets.
@@ -55,17 +58,10 @@ func TestMonitorFollowsEventsAndRecovery(t *testing.T) {
 
 	wait := func(what string, cond func(Snapshot) bool) Snapshot {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			s := m.Snapshot()
-			if cond(s) {
-				return s
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s: %+v", what, s)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		var s Snapshot
+		await.Until(t, 5*time.Second, what, func() bool { s = m.Snapshot(); return cond(s) },
+			func() string { return fmt.Sprintf("%+v", s) })
+		return s
 	}
 	wait("healthy", func(s Snapshot) bool {
 		return s.Up && s.GPUs[0].Verdict.State == Healthy && s.GPUs[1].Verdict.State == Healthy
@@ -124,13 +120,7 @@ func TestMonitorPollsOnlyForEventsThatMatter(t *testing.T) {
 		src.events <- e
 	}
 	src.events <- Event{UUID: devs[1].UUID, Kind: EventXID, XID: 79, GI: NoInstance, CI: NoInstance}
-	deadline := time.Now().Add(5 * time.Second)
-	for m.Snapshot().GPUs[1].Verdict.State != Unhealthy {
-		if time.Now().After(deadline) {
-			t.Fatal("XID 79 not acted on")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await.Until(t, 5*time.Second, "XID 79 acted on", func() bool { return m.Snapshot().GPUs[1].Verdict.State == Unhealthy })
 	if n := polls(); n != 2 {
 		t.Fatalf("%d polls, want the first and one for XID 79", n)
 	}

@@ -9,10 +9,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/service"
 )
 
@@ -86,112 +88,126 @@ func startManager(t *testing.T, opts Options) *Manager {
 	return m
 }
 
+// The Manager tests run in a testing/synctest bubble: the Manager's clock, its timer
+// wheel, the probes' timeouts and the scripted targets all run on the bubble's fake
+// time, which advances only when every goroutine is blocked. Waits are exact, and a
+// test takes as long as its probes' work, not their periods.
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await.Until(t, 10*time.Second, what, cond)
+}
+
+// settle lets fake time pass and every goroutine woken on the way finish what it does
+// at that instant.
+func settle(d time.Duration) {
+	time.Sleep(d)
+	synctest.Wait()
 }
 
 func drainAll(m *Manager) []Transition { return m.Drain(nil) }
 
 func TestFirstProbeExactlyAtInitialDelay(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	start := time.Now()
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: start,
-		Checks: [3]*service.Check{service.Liveness: execCheck(service.Liveness, "live", 10*time.Second, 300*time.Millisecond)}})
-	waitFor(t, "first probe", func() bool { return len(tg.times("live")) == 1 })
-	first := tg.times("live")[0].Sub(start)
-	if first < 300*time.Millisecond || first > 400*time.Millisecond {
-		t.Fatalf("first probe after %v, want 300ms (not a period later)", first)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		start := time.Now()
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: start,
+			Checks: [3]*service.Check{service.Liveness: execCheck(service.Liveness, "live", 10*time.Second, 300*time.Millisecond)}})
+		waitFor(t, "first probe", func() bool { return len(tg.times("live")) == 1 })
+		first := tg.times("live")[0].Sub(start)
+		if first < 300*time.Millisecond || first > 301*time.Millisecond { // one wheel tick
+			t.Fatalf("first probe after %v, want 300ms, within one 1ms tick (not a period later)", first)
+		}
+	})
 }
 
 func TestStartupGatesAndReadinessRunsAtOnce(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(name string, n int) (int, error) {
-		if name == "startup" && n < 4 {
-			return 1, nil
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(name string, n int) (int, error) {
+			if name == "startup" && n < 4 {
+				return 1, nil
+			}
+			return 0, nil
+		})
+		start := time.Now()
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: start, Checks: [3]*service.Check{
+			service.Startup:   withFailure(execCheck(service.Startup, "startup", 50*time.Millisecond, 0), 10),
+			service.Liveness:  execCheck(service.Liveness, "live", 30*time.Second, 0),
+			service.Readiness: execCheck(service.Readiness, "ready", 30*time.Second, 0),
+		}})
+		waitFor(t, "startup success", func() bool { st, _ := m.Status("c"); return st.Started })
+		startupDone := tg.times("startup")[3]
+		waitFor(t, "readiness", func() bool { st, _ := m.Status("c"); return st.Values[service.Readiness] == ValueSuccess })
+		if r := tg.times("ready"); len(r) != 1 || r[0].Before(startupDone) || r[0].Sub(startupDone) > 200*time.Millisecond {
+			t.Fatalf("readiness ran at %v after startup success, want at once", r[0].Sub(startupDone))
 		}
-		return 0, nil
+		if l := tg.times("live"); len(l) == 0 || l[0].Before(startupDone) {
+			t.Fatalf("liveness ran before startup succeeded: %v", l)
+		}
+		settle(200 * time.Millisecond)
+		if n := len(tg.times("startup")); n != 4 {
+			t.Fatalf("startup kept probing after success: %d runs", n)
+		}
+		var seen []string
+		for _, tr := range drainAll(m) {
+			seen = append(seen, fmt.Sprintf("%s:%s->%s", tr.Type, tr.From, tr.To))
+		}
+		want := map[string]bool{"startup:unknown->success": true, "readiness:failure->success": true}
+		if len(seen) != 2 || !want[seen[0]] || !want[seen[1]] {
+			t.Fatalf("transitions %v", seen)
+		}
 	})
-	start := time.Now()
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: start, Checks: [3]*service.Check{
-		service.Startup:   withFailure(execCheck(service.Startup, "startup", 50*time.Millisecond, 0), 10),
-		service.Liveness:  execCheck(service.Liveness, "live", 30*time.Second, 0),
-		service.Readiness: execCheck(service.Readiness, "ready", 30*time.Second, 0),
-	}})
-	waitFor(t, "startup success", func() bool { st, _ := m.Status("c"); return st.Started })
-	startupDone := tg.times("startup")[3]
-	waitFor(t, "readiness", func() bool { st, _ := m.Status("c"); return st.Values[service.Readiness] == ValueSuccess })
-	if r := tg.times("ready"); len(r) != 1 || r[0].Before(startupDone) || r[0].Sub(startupDone) > 200*time.Millisecond {
-		t.Fatalf("readiness ran at %v after startup success, want at once", r[0].Sub(startupDone))
-	}
-	if l := tg.times("live"); len(l) == 0 || l[0].Before(startupDone) {
-		t.Fatalf("liveness ran before startup succeeded: %v", l)
-	}
-	time.Sleep(200 * time.Millisecond)
-	if n := len(tg.times("startup")); n != 4 {
-		t.Fatalf("startup kept probing after success: %d runs", n)
-	}
-	var seen []string
-	for _, tr := range drainAll(m) {
-		seen = append(seen, fmt.Sprintf("%s:%s->%s", tr.Type, tr.From, tr.To))
-	}
-	want := map[string]bool{"startup:unknown->success": true, "readiness:failure->success": true}
-	if len(seen) != 2 || !want[seen[0]] || !want[seen[1]] {
-		t.Fatalf("transitions %v", seen)
-	}
 }
 
 func withFailure(c *service.Check, n int) *service.Check { c.FailureThreshold = n; return c }
 
 func TestLivenessFailureHoldsUntilNewInstance(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(string, int) (int, error) { return 1, nil })
-	inst := Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(),
-		Checks: [3]*service.Check{service.Liveness: withFailure(execCheck(service.Liveness, "live", 20*time.Millisecond, 0), 3)}}
-	m.Register(inst)
-	waitFor(t, "liveness failure", func() bool { st, _ := m.Status("c"); return st.Values[service.Liveness] == ValueFailure })
-	trs := drainAll(m)
-	if len(trs) != 1 || trs[0].Consecutive != 3 || trs[0].Threshold != 3 || trs[0].To != ValueFailure || trs[0].Instance != "1" {
-		t.Fatalf("transitions %+v", trs)
-	}
-	time.Sleep(150 * time.Millisecond)
-	if n := len(tg.times("live")); n != 3 {
-		t.Fatalf("liveness probed %d times; it should hold after 3", n)
-	}
-	inst.Instance = "2"
-	m.Register(inst)
-	waitFor(t, "new instance probed", func() bool { return len(tg.times("live")) > 3 })
-	if st, _ := m.Status("c"); st.Instance != "2" {
-		t.Fatalf("status instance %q", st.Instance)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(string, int) (int, error) { return 1, nil })
+		inst := Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(),
+			Checks: [3]*service.Check{service.Liveness: withFailure(execCheck(service.Liveness, "live", 20*time.Millisecond, 0), 3)}}
+		m.Register(inst)
+		waitFor(t, "liveness failure", func() bool { st, _ := m.Status("c"); return st.Values[service.Liveness] == ValueFailure })
+		trs := drainAll(m)
+		if len(trs) != 1 || trs[0].Consecutive != 3 || trs[0].Threshold != 3 || trs[0].To != ValueFailure || trs[0].Instance != "1" {
+			t.Fatalf("transitions %+v", trs)
+		}
+		settle(150 * time.Millisecond)
+		if n := len(tg.times("live")); n != 3 {
+			t.Fatalf("liveness probed %d times; it should hold after 3", n)
+		}
+		inst.Instance = "2"
+		m.Register(inst)
+		waitFor(t, "new instance probed", func() bool { return len(tg.times("live")) > 3 })
+		if st, _ := m.Status("c"); st.Instance != "2" {
+			t.Fatalf("status instance %q", st.Instance)
+		}
+	})
 }
 
 func TestProbeNeverOverlapsItself(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{Workers: 8})
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	tg.hold = 120 * time.Millisecond // longer than the period
-	c := execCheck(service.Readiness, "slow", 20*time.Millisecond, 0)
-	c.TimeoutSeconds = service.Seconds(time.Second)
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(), Checks: [3]*service.Check{service.Readiness: c}})
-	time.Sleep(600 * time.Millisecond)
-	if tg.overlap.Load() {
-		t.Fatal("a probe overlapped itself")
-	}
-	if n := len(tg.times("slow")); n < 3 || n > 6 {
-		t.Fatalf("%d runs in 600ms of 120ms probes", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{Workers: 8})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		tg.hold = 120 * time.Millisecond // longer than the period
+		c := execCheck(service.Readiness, "slow", 20*time.Millisecond, 0)
+		c.TimeoutSeconds = service.Seconds(time.Second)
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(), Checks: [3]*service.Check{service.Readiness: c}})
+		settle(600 * time.Millisecond)
+		if tg.overlap.Load() {
+			t.Fatal("a probe overlapped itself")
+		}
+		if n := len(tg.times("slow")); n < 3 || n > 6 {
+			t.Fatalf("%d runs in 600ms of 120ms probes", n)
+		}
+	})
 }
 
 type unavailableErr struct{}
@@ -201,70 +217,76 @@ func (unavailableErr) Unavailable() bool { return true }
 
 func TestErrorsRetriedThenDiscarded(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(string, int) (int, error) { return -1, unavailableErr{} })
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(),
-		Checks: [3]*service.Check{service.Liveness: execCheck(service.Liveness, "live", time.Hour, 0)}})
-	waitFor(t, "three attempts", func() bool { return len(tg.times("live")) == maxRetries })
-	time.Sleep(50 * time.Millisecond)
-	st, _ := m.Status("c")
-	if len(tg.times("live")) != maxRetries || st.Values[service.Liveness] != ValueSuccess || len(drainAll(m)) != 0 {
-		t.Fatalf("an error changed the state: runs=%d value=%v", len(tg.times("live")), st.Values[service.Liveness])
-	}
-	if p := st.Probes[service.Liveness]; p.LastOutput != "task not found" || p.History[0].Result != "error" {
-		t.Fatalf("error not visible in status: %+v", p)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(string, int) (int, error) { return -1, unavailableErr{} })
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(),
+			Checks: [3]*service.Check{service.Liveness: execCheck(service.Liveness, "live", time.Hour, 0)}})
+		waitFor(t, "three attempts", func() bool { return len(tg.times("live")) == maxRetries })
+		settle(50 * time.Millisecond)
+		st, _ := m.Status("c")
+		if len(tg.times("live")) != maxRetries || st.Values[service.Liveness] != ValueSuccess || len(drainAll(m)) != 0 {
+			t.Fatalf("an error changed the state: runs=%d value=%v", len(tg.times("live")), st.Values[service.Liveness])
+		}
+		if p := st.Probes[service.Liveness]; p.History[len(p.History)-1].Output != "task not found" || p.History[0].Outcome != Unknown {
+			t.Fatalf("error not visible in status: %+v", p)
+		}
+	})
 }
 
 func TestPauseStopsLivenessKeepsReadiness(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(), Checks: [3]*service.Check{
-		service.Liveness:  execCheck(service.Liveness, "live", 20*time.Millisecond, 0),
-		service.Readiness: execCheck(service.Readiness, "ready", 20*time.Millisecond, 0),
-	}})
-	waitFor(t, "both probes", func() bool { return len(tg.times("live")) > 0 && len(tg.times("ready")) > 0 })
-	m.Pause("c")
-	time.Sleep(30 * time.Millisecond)
-	l, r := len(tg.times("live")), len(tg.times("ready"))
-	time.Sleep(150 * time.Millisecond)
-	if len(tg.times("live")) != l {
-		t.Fatal("liveness ran while paused")
-	}
-	if len(tg.times("ready")) <= r {
-		t.Fatal("readiness stopped while paused")
-	}
-	m.Unregister("c")
-	time.Sleep(30 * time.Millisecond)
-	r = len(tg.times("ready"))
-	time.Sleep(100 * time.Millisecond)
-	if len(tg.times("ready")) != r || m.Scheduled() != 0 {
-		t.Fatal("probes ran after Unregister")
-	}
-	if _, ok := m.Status("c"); ok {
-		t.Fatal("status kept after Unregister")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now(), Checks: [3]*service.Check{
+			service.Liveness:  execCheck(service.Liveness, "live", 20*time.Millisecond, 0),
+			service.Readiness: execCheck(service.Readiness, "ready", 20*time.Millisecond, 0),
+		}})
+		waitFor(t, "both probes", func() bool { return len(tg.times("live")) > 0 && len(tg.times("ready")) > 0 })
+		m.Pause("c")
+		settle(30 * time.Millisecond)
+		l, r := len(tg.times("live")), len(tg.times("ready"))
+		settle(150 * time.Millisecond)
+		if len(tg.times("live")) != l {
+			t.Fatal("liveness ran while paused")
+		}
+		if len(tg.times("ready")) <= r {
+			t.Fatal("readiness stopped while paused")
+		}
+		m.Unregister("c")
+		settle(30 * time.Millisecond)
+		r = len(tg.times("ready"))
+		settle(100 * time.Millisecond)
+		if len(tg.times("ready")) != r || m.Scheduled() != 0 {
+			t.Fatal("probes ran after Unregister")
+		}
+		if _, ok := m.Status("c"); ok {
+			t.Fatal("status kept after Unregister")
+		}
+	})
 }
 
 func TestAdoptedContainersAreSpreadOverOnePeriod(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	start := time.Now()
-	for i := range 50 {
-		m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: start.Add(-time.Hour), Adopted: true,
-			Checks: [3]*service.Check{service.Readiness: execCheck(service.Readiness, "r", 500*time.Millisecond, 0)}})
-	}
-	waitFor(t, "all first probes", func() bool { return len(tg.times("r")) >= 50 })
-	first, last := time.Hour, time.Duration(0)
-	for _, at := range tg.times("r")[:50] {
-		d := at.Sub(start)
-		first, last = min(first, d), max(last, d)
-	}
-	if last-first < 200*time.Millisecond || last > 700*time.Millisecond {
-		t.Fatalf("first probes spread over [%v, %v], want spread across one 500ms period", first, last)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		start := time.Now()
+		for i := range 50 {
+			m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: start.Add(-time.Hour), Adopted: true,
+				Checks: [3]*service.Check{service.Readiness: execCheck(service.Readiness, "r", 500*time.Millisecond, 0)}})
+		}
+		waitFor(t, "all first probes", func() bool { return len(tg.times("r")) >= 50 })
+		first, last := time.Hour, time.Duration(0)
+		for _, at := range tg.times("r")[:50] {
+			d := at.Sub(start)
+			first, last = min(first, d), max(last, d)
+		}
+		if last-first < 200*time.Millisecond || last > 700*time.Millisecond {
+			t.Fatalf("first probes spread over [%v, %v], want spread across one 500ms period", first, last)
+		}
+	})
 }
 
 type countingRecorder struct{ probes, lateness atomic.Int64 }
@@ -277,80 +299,86 @@ func (c *countingRecorder) ObserveLateness(time.Duration) { c.lateness.Add(1) }
 // TestTenThousandProbesNoGoroutineGrowth registers 10,000 probes and checks that the
 // number of goroutines does not grow with them.
 func TestTenThousandProbesNoGoroutineGrowth(t *testing.T) {
-	rec := &countingRecorder{}
-	m := startManager(t, Options{Workers: 16, Recorder: rec})
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	time.Sleep(50 * time.Millisecond)
-	before := runtime.NumGoroutine()
-	start := time.Now()
-	const n = 10_000
-	for i := range n {
-		m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: start,
-			Checks: [3]*service.Check{service.Readiness: execCheck(service.Readiness, "r", time.Second, 0)}})
-	}
-	waitFor(t, "every probe run once", func() bool { return rec.probes.Load() >= n })
-	after := runtime.NumGoroutine()
-	if after > before+4 {
-		t.Fatalf("goroutines grew from %d to %d with %d probes", before, after, n)
-	}
-	// A probe is recorded before it is re-armed: wait for the last re-arms.
-	waitFor(t, "every probe scheduled again", func() bool { return m.Scheduled() == n })
-	t.Logf("%d probes, goroutines %d before and %d after", n, before, after)
+	synctest.Test(t, func(t *testing.T) {
+		rec := &countingRecorder{}
+		m := startManager(t, Options{Workers: 16, Recorder: rec})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		settle(50 * time.Millisecond)
+		before := runtime.NumGoroutine()
+		start := time.Now()
+		const n = 10_000
+		for i := range n {
+			m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: start,
+				Checks: [3]*service.Check{service.Readiness: execCheck(service.Readiness, "r", time.Second, 0)}})
+		}
+		waitFor(t, "every probe run once", func() bool { return rec.probes.Load() >= n })
+		after := runtime.NumGoroutine()
+		if after > before+4 {
+			t.Fatalf("goroutines grew from %d to %d with %d probes", before, after, n)
+		}
+		// A probe is recorded before it is re-armed: wait for the last re-arms.
+		waitFor(t, "every probe scheduled again", func() bool { return m.Scheduled() == n })
+		t.Logf("%d probes, goroutines %d before and %d after", n, before, after)
+	})
 }
 
 func TestRestoredStateKeepsStartedAndReady(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{})
-	tg := newScript(func(name string, n int) (int, error) { return 0, nil })
-	m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now().Add(-time.Hour), Adopted: true,
-		Restore: &Restore{Started: true, Readiness: ValueSuccess},
-		Checks: [3]*service.Check{
-			service.Startup:   execCheck(service.Startup, "startup", 100*time.Millisecond, 0),
-			service.Readiness: execCheck(service.Readiness, "ready", 200*time.Millisecond, 0),
-		}})
-	st, _ := m.Status("c")
-	if !st.Started || st.Values[service.Readiness] != ValueSuccess {
-		t.Fatalf("restored status %+v", st)
-	}
-	if sum, _ := m.Summary("c"); sum.Started != st.Started || sum.Values != st.Values || sum.Has != st.Has ||
-		sum.Probes != [3]*ProbeStatus{} {
-		t.Fatalf("summary %+v differs from status %+v or carries detail", sum, st)
-	}
-	waitFor(t, "readiness probed", func() bool { return len(tg.times("ready")) > 0 })
-	time.Sleep(100 * time.Millisecond)
-	if len(tg.times("startup")) != 0 {
-		t.Fatal("startup probed again after a restore")
-	}
-	if trs := drainAll(m); len(trs) != 0 {
-		t.Fatalf("transitions after restore: %+v", trs)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{})
+		tg := newScript(func(name string, n int) (int, error) { return 0, nil })
+		m.Register(Instance{ID: "c", Instance: "1", Target: tg, StartedAt: time.Now().Add(-time.Hour), Adopted: true,
+			Restore: &Restore{Started: true, Readiness: ValueSuccess},
+			Checks: [3]*service.Check{
+				service.Startup:   execCheck(service.Startup, "startup", 100*time.Millisecond, 0),
+				service.Readiness: execCheck(service.Readiness, "ready", 200*time.Millisecond, 0),
+			}})
+		st, _ := m.Status("c")
+		if !st.Started || st.Values[service.Readiness] != ValueSuccess {
+			t.Fatalf("restored status %+v", st)
+		}
+		if sum, _ := m.Summary("c"); sum.Started != st.Started || sum.Values != st.Values || sum.Has != st.Has ||
+			sum.Probes != [3]*ProbeDetail{} {
+			t.Fatalf("summary %+v differs from status %+v or carries detail", sum, st)
+		}
+		waitFor(t, "readiness probed", func() bool { return len(tg.times("ready")) > 0 })
+		settle(100 * time.Millisecond)
+		if len(tg.times("startup")) != 0 {
+			t.Fatal("startup probed again after a restore")
+		}
+		if trs := drainAll(m); len(trs) != 0 {
+			t.Fatalf("transitions after restore: %+v", trs)
+		}
+	})
 }
 
 // TestExecConcurrencyCapped checks that no more exec probes run at once than allowed,
 // however many are due together.
 func TestExecConcurrencyCapped(t *testing.T) {
 	t.Parallel()
-	m := startManager(t, Options{Workers: 16, MaxConcurrentExec: 2})
-	var running, peak atomic.Int32
-	tg := newScript(func(string, int) (int, error) { return 0, nil })
-	tg.hold = 50 * time.Millisecond
-	counting := &countingTarget{scriptTarget: tg, running: &running, peak: &peak}
-	for i := range 10 {
-		c := execCheck(service.Readiness, fmt.Sprint("e", i), time.Second, 0)
-		c.TimeoutSeconds = service.Seconds(5 * time.Second)
-		m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: counting, StartedAt: time.Now(),
-			Checks: [3]*service.Check{service.Readiness: c}})
-	}
-	waitFor(t, "every exec run", func() bool {
-		n := 0
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{Workers: 16, MaxConcurrentExec: 2})
+		var running, peak atomic.Int32
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		tg.hold = 50 * time.Millisecond
+		counting := &countingTarget{scriptTarget: tg, running: &running, peak: &peak}
 		for i := range 10 {
-			n += len(tg.times(fmt.Sprint("e", i)))
+			c := execCheck(service.Readiness, fmt.Sprint("e", i), time.Second, 0)
+			c.TimeoutSeconds = service.Seconds(5 * time.Second)
+			m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: counting, StartedAt: time.Now(),
+				Checks: [3]*service.Check{service.Readiness: c}})
 		}
-		return n >= 10
+		waitFor(t, "every exec run", func() bool {
+			n := 0
+			for i := range 10 {
+				n += len(tg.times(fmt.Sprint("e", i)))
+			}
+			return n >= 10
+		})
+		if p := peak.Load(); p != 2 {
+			t.Fatalf("peak concurrent execs %d, want the cap of 2", p)
+		}
 	})
-	if p := peak.Load(); p != 2 {
-		t.Fatalf("peak concurrent execs %d, want the cap of 2", p)
-	}
 }
 
 type countingTarget struct {

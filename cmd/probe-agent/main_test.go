@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/gpu/nvml"
+	"github.com/probe-agent/probe-agent/internal/await"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -144,21 +146,17 @@ func TestRunServesStatusAndStopsCleanly(t *testing.T) {
 	done := make(chan int)
 	go func() { done <- run(ctx, []string{"run", "--config", cfg, "--listen", addr}, io.Discard, &logs) }()
 	var list []map[string]any
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v1/containers")
-		if err == nil {
-			json.NewDecoder(resp.Body).Decode(&list)
-			resp.Body.Close()
-			if len(list) == 1 && list[0]["ready"] == true {
-				break
-			}
+	var err error
+	await.Until(t, 10*time.Second, "the container ready", func() bool {
+		var resp *http.Response
+		if resp, err = http.Get("http://" + addr + "/v1/containers"); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v %v\n%s", err, list, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer resp.Body.Close()
+		list = nil
+		json.NewDecoder(resp.Body).Decode(&list)
+		return len(list) == 1 && list[0]["ready"] == true
+	}, func() string { return fmt.Sprintf("%v %v\n%s", err, list, logs.String()) })
 	pid := int(list[0]["pid"].(float64))
 	get := func(path string) string {
 		resp, err := http.Get("http://" + addr + path)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/gpu/nvml/nvmltest"
+	"github.com/probe-agent/probe-agent/internal/await"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -120,13 +121,7 @@ func TestWaitErrorsRecreateTheEventSet(t *testing.T) {
 	n := healthyNode(t)
 	s := open(t, n)
 	n.FailWait(gonvml.ERROR_UNKNOWN)
-	deadline := time.Now().Add(5 * time.Second)
-	for n.EventSets() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("event set not recreated after a Wait error")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await.Until(t, 5*time.Second, "the event set recreated after a Wait error", func() bool { return n.EventSets() >= 2 })
 	n.Event(gonvml.EventData{Device: n.Server.Devices[0], EventType: gonvml.EventTypeDoubleBitEccError})
 	if e := next(t, s); e.Kind != gpu.EventDBE {
 		t.Fatalf("after recovery: %+v", e)
@@ -171,19 +166,14 @@ func TestBlockingGetterTimesOut(t *testing.T) {
 		t.Fatalf("a second poll started while the first is stuck: %v", err)
 	}
 	once.Do(func() { close(release) })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		samples, err := s.Sample(context.Background())
-		if err == nil {
-			if !samples[5].Lost {
-				t.Fatalf("GPU_IS_LOST not reported: %+v", samples[5])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("polling did not resume")
-		}
-		time.Sleep(10 * time.Millisecond)
+	var samples []gpu.Sample
+	await.Until(t, 5*time.Second, "polling to resume", func() bool {
+		var err error
+		samples, err = s.Sample(context.Background())
+		return err == nil
+	})
+	if !samples[5].Lost {
+		t.Fatalf("GPU_IS_LOST not reported: %+v", samples[5])
 	}
 }
 

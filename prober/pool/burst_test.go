@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/probe-agent/probe-agent/internal/await"
 )
 
 // The race detector slows every step tenfold, which legitimately wakes more workers;
@@ -19,18 +21,11 @@ func TestCheapBurstWakesFewWorkers(t *testing.T) {
 	var wg sync.WaitGroup
 	p := New(64, func(context.Context, int) { wg.Done() })
 	run(t, p)
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	await.Until(t, 5*time.Second, "every worker parked", func() bool {
 		p.mu.Lock()
-		idle := p.idle
-		p.mu.Unlock()
-		if idle == 64 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("workers did not park")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return p.idle == 64
+	})
 	p.mu.Lock()
 	before := p.wakeups
 	p.mu.Unlock()

@@ -3,6 +3,7 @@ package process
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -13,6 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/service"
 )
@@ -111,13 +114,8 @@ func TestExecTimeoutKillsWholeGroup(t *testing.T) {
 	if pgid == 0 {
 		t.Fatal("no pid recorded")
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for len(processesInGroup(pgid)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("processes of group %d survive the timeout: %v", pgid, processesInGroup(pgid))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	await.Until(t, 2*time.Second, "every process of the probe's group to end", func() bool { return len(processesInGroup(pgid)) == 0 },
+		func() string { return fmt.Sprint("survivors: ", processesInGroup(pgid)) })
 }
 
 func svc(t *testing.T, containers ...service.Container) *service.Service {
@@ -125,6 +123,7 @@ func svc(t *testing.T, containers ...service.Container) *service.Service {
 	s := &service.Service{Metadata: service.Metadata{Name: "t"}, Containers: containers}
 	for i := range s.Containers {
 		c := &s.Containers[i]
+		c.SetDefaults()
 		if err := c.Validate("containers["+strconv.Itoa(i)+"]", service.Options{}); err != nil {
 			t.Fatal(err)
 		}
@@ -237,21 +236,7 @@ func TestDialRefusedSaysWhatListens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	// A socket bound but not listening holds its port, so connections to it are refused
-	// and no other test can take it meanwhile.
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testsock.RefusingPort(t)))
 	_, err = (&Target{}).DialContext(context.Background(), "tcp", addr)
 	if err == nil || !strings.Contains(err.Error(), "nothing listens on") || !strings.Contains(err.Error(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)) {
 		t.Fatalf("got %v", err)

@@ -1,0 +1,277 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/metrics"
+	"github.com/probe-agent/probe-agent/prober"
+	"github.com/probe-agent/probe-agent/runtime"
+	"github.com/probe-agent/probe-agent/runtime/containerd"
+	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
+	"github.com/probe-agent/probe-agent/runtime/process"
+	"github.com/probe-agent/probe-agent/service"
+)
+
+// sampleServer is the repository's sample model server, built once for these tests.
+var sampleServer string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "probe-agent-test")
+	if err != nil {
+		panic(err)
+	}
+	sampleServer = filepath.Join(dir, "sample-server")
+	if out, err := exec.Command("go", "build", "-o", sampleServer, "../cmd/sample-server").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the sample server: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{}
+)
+
+// freePort returns a port nothing listens on, never the same one twice in this test
+// binary: the kernel may hand a port that was just closed to the next caller, and the
+// parallel tests' servers must not meet.
+func freePort(t *testing.T) int {
+	t.Helper()
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !ports[p] {
+			ports[p] = true
+			return p
+		}
+	}
+}
+
+type harness struct {
+	t    *testing.T
+	a    *Agent
+	logs *observer.ObservedLogs
+	m    *metrics.Metrics
+	stop func() // stops the agent and waits; safe to call twice
+}
+
+// env is one runtime the conformance cases run on, with paths as the container sees
+// them: the process runtime runs on the host; the containerd runtime runs each test's
+// containers from its own rootfs under a private containerd.
+type env struct {
+	kind     string
+	dir      string // a directory for the container's files
+	bin      string // the sample server
+	port     int
+	grpcPort int
+	rootfs   string
+	daemon   *ctrdtest.Daemon
+}
+
+// server is the command line of a sample server on the env's port.
+func (e *env) server(args ...string) string {
+	bind := "0.0.0.0"
+	if e.kind == "process" {
+		bind = "127.0.0.1" // shared host network: stay on loopback
+	}
+	return quote(e.bin + " --bind " + bind + " --port " + strconv.Itoa(e.port) + " " + strings.Join(args, " "))
+}
+
+// containerdSlots bounds how many private containerd daemons run at once.
+var containerdSlots = make(chan struct{}, 3)
+
+// runtimes runs a conformance case on the process runtime and on the containerd runtime.
+func runtimes(t *testing.T, f func(t *testing.T, e *env)) {
+	t.Run("process", func(t *testing.T) {
+		t.Parallel()
+		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t), grpcPort: freePort(t)})
+	})
+	t.Run("containerd", func(t *testing.T) {
+		t.Parallel()
+		ctrdtest.Require(t)
+		containerdSlots <- struct{}{}
+		t.Cleanup(func() { <-containerdSlots })
+		f(t, newContainerdEnv(t))
+	})
+}
+
+func newContainerdEnv(t *testing.T) *env {
+	t.Helper()
+	d := ctrdtest.Start(t)
+	bin := ctrdtest.BuildStatic(t, "cmd/sample-server")
+	return &env{kind: "containerd", dir: "/tmp", bin: "/bin/" + filepath.Base(bin), port: 8000, grpcPort: 9000,
+		rootfs: ctrdtest.Rootfs(t, bin), daemon: d}
+}
+
+// startAgent runs an agent for a service.json whose containers array is given; on
+// containerd every container runs from the env's rootfs. Back-off starts at 200 ms so
+// that restarts come quickly.
+func startAgent(t *testing.T, e *env, containers string, tweak ...func(*Options)) *harness {
+	t.Helper()
+	if e.kind == "containerd" {
+		var list []map[string]any
+		if err := json.Unmarshal([]byte("["+containers+"]"), &list); err != nil {
+			t.Fatalf("containers: %v", err)
+		}
+		for _, c := range list {
+			c["rootfs"] = e.rootfs
+		}
+		b, _ := json.Marshal(list)
+		containers = strings.TrimSuffix(strings.TrimPrefix(string(b), "["), "]")
+	}
+	doc := `{"metadata":{"name":"conformance"},"containers":[` + containers + `]}`
+	svc, err := service.Parse([]byte(doc), service.Options{})
+	if err != nil {
+		t.Fatalf("service: %v\n%s", err, doc)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	log := zap.New(core)
+	var rt runtime.Runtime
+	stateDir := ""
+	if e.kind == "containerd" {
+		stateDir = t.TempDir()
+		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, Logger: log})
+	} else {
+		rt, err = process.New(svc, 2*time.Second)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runAgent(t, Options{Runtime: rt, Logger: log, Backoff: 200 * time.Millisecond,
+		BackoffMax: 2 * time.Second, GracePeriod: MinGracePeriod, Prober: prober.Options{Workers: 8}, StateDir: stateDir}, logs, tweak...)
+}
+
+// runAgent runs an agent until the test ends.
+func runAgent(t *testing.T, opts Options, logs *observer.ObservedLogs, tweak ...func(*Options)) *harness {
+	t.Helper()
+	var a *Agent
+	m := metrics.New("test", func() float64 { return float64(a.Manager().Scheduled()) })
+	opts.Metrics = m
+	for _, f := range tweak {
+		f(&opts)
+	}
+	a = New(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("agent: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("agent did not shut down")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &harness{t: t, a: a, logs: logs, m: m, stop: stop}
+}
+
+func (h *harness) status(name string) ContainerStatus {
+	h.t.Helper()
+	s, ok := h.a.Container(name)
+	if !ok {
+		h.t.Fatalf("container %s unknown", name)
+	}
+	return s
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func (h *harness) eventually(within time.Duration, what string, cond func(ContainerStatus) bool) ContainerStatus {
+	h.t.Helper()
+	return h.waitFor("c", within, what, cond)
+}
+
+// waitFor polls container name's status until cond holds or within passes.
+func (h *harness) waitFor(name string, within time.Duration, what string, cond func(ContainerStatus) bool) ContainerStatus {
+	h.t.Helper()
+	var s ContainerStatus
+	await.Until(h.t, within, what+" of "+name, func() bool {
+		var ok bool
+		s, ok = h.a.Container(name)
+		return ok && cond(s)
+	}, func() string { return h.explain(s) })
+	return s
+}
+
+// consistently checks cond holds for the whole duration.
+func (h *harness) consistently(d time.Duration, what string, cond func(ContainerStatus) bool) {
+	h.t.Helper()
+	var s ContainerStatus
+	await.Holds(h.t, d, what, func() bool {
+		var ok bool
+		s, ok = h.a.Container("c")
+		return !ok || cond(s)
+	}, func() string { return h.explain(s) })
+}
+
+// explain formats a status and the last log lines for a failure message.
+func (h *harness) explain(s ContainerStatus) string {
+	b, _ := json.MarshalIndent(s, "", " ")
+	return "status:\n" + string(b) + "\nlogs:\n" + h.logTail()
+}
+
+// logTail formats the last log lines for a failure message, enough to see what led there.
+func (h *harness) logTail() string {
+	all := h.logs.All()
+	var b strings.Builder
+	for _, e := range all[max(0, len(all)-150):] {
+		fmt.Fprintf(&b, "%s %s %v\n", e.Level, e.Message, e.ContextMap())
+	}
+	return b.String()
+}
+
+// transitionOutput returns the output logged with the first transition of a probe type.
+func (h *harness) transitionOutput(probe string) string {
+	for _, e := range h.logs.FilterMessage("probe transition").All() {
+		if m := e.ContextMap(); m["probe"] == probe {
+			return fmt.Sprint(m["output"])
+		}
+	}
+	return ""
+}
+
+func restarted(s ContainerStatus) bool { return s.RestartCount > 0 }
+func notRestarted(s ContainerStatus) bool {
+	return s.RestartCount == 0 && s.State != StateTerminating && s.State != StateExited
+}
+func ready(s ContainerStatus) bool    { return s.Ready }
+func notReady(s ContainerStatus) bool { return !s.Ready }
+
+func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
