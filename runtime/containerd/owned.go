@@ -9,9 +9,9 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
-	"github.com/containerd/errdefs"
 	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
