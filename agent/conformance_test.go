@@ -2,6 +2,8 @@ package agent
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -235,6 +237,35 @@ func TestIntegrationGRPCReadiness(t *testing.T) {
 		}
 		if s.RestartCount != 0 {
 			t.Fatal("a readiness failure restarted the container")
+		}
+	})
+}
+
+// TestIntegrationSlowProbeDelaysNoOther: while one container's exec probe takes 5 s,
+// another container's 0.5 s readiness probe keeps its cadence.
+func TestIntegrationSlowProbeDelaysNoOther(t *testing.T) {
+	runtimes(t, func(t *testing.T, e *env) {
+		h := startAgent(t, e, `{"name":"slow","command":"sleep 600",
+			"readiness_check":{"exec":{"command":["sleep","5"]},"timeout_seconds":8,"period_seconds":1}},
+			{"name":"c","command":`+e.server()+`,"port":`+strconv.Itoa(e.port)+`,
+			"readiness_check":{"http_get":{"path":"/health"},"period_seconds":0.5}}`)
+		h.eventually(15*time.Second, "ready", ready)
+		h.waitFor("slow", 10*time.Second, "its slow probe running", func(s ContainerStatus) bool { return s.State == StateRunning })
+		// Every readiness result of c over 6 s, which covers a whole slow probe.
+		seen := map[time.Time]bool{}
+		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			for _, r := range h.status("c").Probes["readiness"].History {
+				seen[r.Time] = true
+			}
+		}
+		times := slices.SortedFunc(maps.Keys(seen), time.Time.Compare)
+		for i := 1; i < len(times); i++ {
+			if gap := times[i].Sub(times[i-1]); gap > time.Second {
+				t.Fatalf("c's 0.5 s readiness probe did not run for %v while another container's exec probe took 5 s", gap)
+			}
+		}
+		if len(times) < 10 {
+			t.Fatalf("%d readiness results in 6 s at a 0.5 s period", len(times))
 		}
 	})
 }

@@ -74,7 +74,7 @@ func New(version string, scheduled func() float64) *Metrics {
 		}, containerLabels),
 		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "scheduler_lateness_seconds",
-			Help:    "How late probes fire after their due time.",
+			Help:    "How long after its due time each probe started running (queueing for a free worker included).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 15),
 		}),
 	}
@@ -107,7 +107,7 @@ func (m *Metrics) ProbeDone(c Container, probeType, method, result string, d tim
 	m.probeDuration.WithLabelValues(probeType, method).Observe(d.Seconds())
 }
 
-// Lateness observes how late the scheduler fired a probe.
+// Lateness observes how long after its due time a probe started running.
 func (m *Metrics) Lateness(d time.Duration) { m.lateness.Observe(max(d, 0).Seconds()) }
 
 // SetContainer sets a container's ready and started gauges and its back-off.

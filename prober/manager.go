@@ -9,7 +9,6 @@ import (
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/probe-agent/probe-agent/prober/pool"
 	"github.com/probe-agent/probe-agent/prober/wheel"
@@ -21,8 +20,8 @@ type Labels struct {
 	Namespace, Pod, Container string
 }
 
-// Recorder receives every probe result and the scheduler's lateness; the metrics
-// package provides one.
+// Recorder receives every probe result and the scheduler's lateness (how long after
+// its due time each probe started running); the metrics package provides one.
 type Recorder interface {
 	ObserveProbe(l Labels, t service.ProbeType, method string, o Outcome, d time.Duration)
 	ObserveLateness(d time.Duration)
@@ -112,9 +111,12 @@ type Status struct {
 
 // Options configure a Manager.
 type Options struct {
-	// Workers bounds how many probes run at once (default 64).
+	// Workers bounds how many network probes (http_get, tcp_socket, grpc) run at once
+	// (default 64).
 	Workers int
-	// MaxConcurrentExec bounds exec probes running at once (default 8).
+	// MaxConcurrentExec bounds exec probes running at once (default 8). Exec probes
+	// have workers of their own, so that a backlog of them never holds up a network
+	// probe.
 	MaxConcurrentExec int
 	// Resolution is the timer wheel's tick (default 1 ms).
 	Resolution time.Duration
@@ -131,15 +133,15 @@ type Options struct {
 // discarded, as in the kubelet.
 const maxRetries = 3
 
-// Manager schedules every registered probe on one timer wheel and runs due probes on a
-// bounded pool of workers: no goroutine per probe, and a probe never overlaps itself.
-// Transitions come out in the order they happened through Notify and Drain.
+// Manager schedules every registered probe on one timer wheel and runs due probes on
+// bounded pools of workers, one for network probes and one for exec probes: no
+// goroutine per probe, and a probe never overlaps itself. Transitions come out in the
+// order they happened through Notify and Drain.
 type Manager struct {
 	opts   Options
 	driver *wheel.Driver
-	execs  *semaphore.Weighted
 
-	pool *pool.Pool[*probe]
+	network, exec *pool.Pool[*probe]
 
 	mu          sync.Mutex
 	groups      map[string]*group
@@ -194,11 +196,11 @@ func NewManager(opts Options) *Manager {
 	}
 	m := &Manager{
 		opts:   opts,
-		execs:  semaphore.NewWeighted(int64(opts.MaxConcurrentExec)),
 		groups: map[string]*group{},
 		notify: make(chan struct{}, 1),
 	}
-	m.pool = pool.New(opts.Workers, m.work)
+	m.network = pool.New(opts.Workers, m.work)
+	m.exec = pool.New(opts.MaxConcurrentExec, m.work)
 	m.driver = wheel.NewDriver(opts.Clock, opts.Resolution, m.fire)
 	return m
 }
@@ -210,7 +212,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.driver.Run(ctx)
 		return nil
 	})
-	g.Go(func() error { return m.pool.Run(ctx) })
+	g.Go(func() error { return m.network.Run(ctx) })
+	g.Go(func() error { return m.exec.Run(ctx) })
 	return g.Wait()
 }
 
@@ -319,20 +322,22 @@ func (m *Manager) stopProbe(p *probe) {
 	m.driver.Cancel(&p.timer)
 }
 
-// fire is called by the driver for each due probe: it only queues the probe.
+// fire is called by the driver for each due probe: it only queues the probe on its
+// method's lane.
 func (m *Manager) fire(t *wheel.Timer, due time.Time) {
 	p := t.Value.(*probe)
-	if r := m.opts.Recorder; r != nil {
-		r.ObserveLateness(m.opts.Clock.Since(due))
-	}
 	m.mu.Lock()
 	push := !p.stopped && !p.queued
 	if push {
 		p.queued, p.due = true, due
 	}
 	m.mu.Unlock()
-	if push {
-		m.pool.Push(p)
+	switch {
+	case !push:
+	case p.method == service.MethodExec:
+		m.exec.Push(p)
+	default:
+		m.network.Push(p)
 	}
 }
 
@@ -340,11 +345,15 @@ func (m *Manager) fire(t *wheel.Timer, due time.Time) {
 func (m *Manager) work(ctx context.Context, p *probe) {
 	m.mu.Lock()
 	p.queued = false
-	stopped := p.stopped
+	stopped, due := p.stopped, p.due
 	m.mu.Unlock()
-	if !stopped {
-		m.runProbe(ctx, p)
+	if stopped {
+		return
 	}
+	if r := m.opts.Recorder; r != nil {
+		r.ObserveLateness(m.opts.Clock.Since(due))
+	}
+	m.runProbe(ctx, p)
 }
 
 // runProbe runs p (retrying a probe that could not run), then updates its state and
@@ -354,17 +363,9 @@ func (m *Manager) runProbe(ctx context.Context, p *probe) {
 	var r Result
 	var took time.Duration
 	for range maxRetries {
-		if p.method == service.MethodExec {
-			if err := m.execs.Acquire(ctx, 1); err != nil {
-				return
-			}
-		}
 		start := m.opts.Clock.Now()
 		r = Run(ctx, inst.Target, p.check, m.opts.Settings)
 		took = m.opts.Clock.Since(start)
-		if p.method == service.MethodExec {
-			m.execs.Release(1)
-		}
 		if r.Outcome != Unknown || ctx.Err() != nil {
 			break
 		}

@@ -36,6 +36,9 @@ func newScript(answer func(name string, n int) (int, error)) *scriptTarget {
 
 func (s *scriptTarget) Host() string { return "127.0.0.1" }
 func (s *scriptTarget) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	s.mu.Lock()
+	s.runs["dial "+addr] = append(s.runs["dial "+addr], time.Now())
+	s.mu.Unlock()
 	return nil, fmt.Errorf("no network here")
 }
 
@@ -377,6 +380,74 @@ func TestExecConcurrencyCapped(t *testing.T) {
 		})
 		if p := peak.Load(); p != 2 {
 			t.Fatalf("peak concurrent execs %d, want the cap of 2", p)
+		}
+	})
+}
+
+// TestNetworkProbesNeverWaitForExecs checks the two lanes: a backlog of slow exec
+// probes, far more than may run at once, does not delay a TCP probe by a tick.
+func TestNetworkProbesNeverWaitForExecs(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		m := startManager(t, Options{Workers: 4, MaxConcurrentExec: 2})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		tg.hold = time.Second
+		start := time.Now()
+		for i := range 100 {
+			c := execCheck(service.Readiness, fmt.Sprint("e", i), time.Hour, 0)
+			c.TimeoutSeconds = service.Seconds(5 * time.Second)
+			m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: start,
+				Checks: [3]*service.Check{service.Readiness: c}})
+		}
+		tcp := service.DefaultCheck(service.Readiness)
+		tcp.TCPSocket = &service.TCPSocket{Port: 8000}
+		tcp.InitialDelaySeconds = service.Seconds(10 * time.Millisecond)
+		m.Register(Instance{ID: "net", Instance: "1", Target: tg, StartedAt: start,
+			Checks: [3]*service.Check{service.Readiness: tcp}})
+		settle(50 * time.Millisecond)
+		dials := tg.times("dial 127.0.0.1:8000")
+		if len(dials) == 0 {
+			t.Fatal("the TCP probe has not run 50ms after its due time, behind 100 exec probes")
+		}
+		if late := dials[0].Sub(start) - 10*time.Millisecond; late < 0 || late > time.Millisecond {
+			t.Fatalf("the TCP probe started %v after its due time", late)
+		}
+	})
+}
+
+type latenessRecorder struct {
+	mu   sync.Mutex
+	seen []time.Duration
+}
+
+func (*latenessRecorder) ObserveProbe(Labels, service.ProbeType, string, Outcome, time.Duration) {}
+func (r *latenessRecorder) ObserveLateness(d time.Duration) {
+	r.mu.Lock()
+	r.seen = append(r.seen, d)
+	r.mu.Unlock()
+}
+
+// TestLatenessIsDueToStart checks what the scheduler's lateness measures: from a
+// probe's due time until it starts running, so time spent queued behind busy workers
+// counts.
+func TestLatenessIsDueToStart(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		rec := &latenessRecorder{}
+		m := startManager(t, Options{MaxConcurrentExec: 1, Recorder: rec})
+		tg := newScript(func(string, int) (int, error) { return 0, nil })
+		tg.hold = time.Second
+		for i := range 2 {
+			c := execCheck(service.Readiness, fmt.Sprint("e", i), time.Hour, 0)
+			c.TimeoutSeconds = service.Seconds(5 * time.Second)
+			m.Register(Instance{ID: fmt.Sprint(i), Instance: "1", Target: tg, StartedAt: time.Now(),
+				Checks: [3]*service.Check{service.Readiness: c}})
+		}
+		settle(3 * time.Second)
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.seen) != 2 || min(rec.seen[0], rec.seen[1]) != 0 || max(rec.seen[0], rec.seen[1]) != time.Second {
+			t.Fatalf("lateness %v, want 0 for the first exec and 1s for the one queued behind it", rec.seen)
 		}
 	})
 }

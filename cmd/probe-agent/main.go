@@ -112,8 +112,8 @@ func newRunCmd() *cobra.Command {
 	fl.DurationVar(&f.grace, "termination-grace-period", 30*time.Second, "default time between SIGTERM and SIGKILL (at least 2s)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
-	fl.IntVar(&f.workers, "workers", 64, "probes that may run at once")
-	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once")
+	fl.IntVar(&f.workers, "workers", 64, "network probes (http_get, tcp_socket, grpc) that may run at once")
+	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once, on workers of their own")
 	f.gpu.register(fl, true)
 	return cmd
 }

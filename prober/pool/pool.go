@@ -1,8 +1,10 @@
 // Package pool is a bounded pool of workers fed through an unbounded FIFO queue. It
-// wakes workers on demand: a push wakes one idle worker only when none is already
-// waking, and a worker that takes an item while more wait wakes the next. A burst of
-// cheap items is drained by the few workers that are awake instead of waking every
-// worker, which is what dominates the cost of scheduling many small probes.
+// wakes workers on demand: an item that no awake worker will come back for wakes one
+// idle worker, unless one is already waking; and a worker that takes an item while
+// more wait wakes the next. So a burst of cheap items is drained by the few workers
+// that are awake instead of waking every worker (wake-ups dominate the cost of
+// scheduling many small probes), while an item pushed when every awake worker is busy
+// with a slow one starts at once on an idle worker instead of waiting behind it.
 package pool
 
 import (
@@ -21,8 +23,9 @@ type Pool[T any] struct {
 	cond    *sync.Cond
 	items   []T
 	head    int
-	idle    int
-	waking  int
+	idle    int // parked in cond.Wait
+	busy    int // running fn
+	waking  int // signalled, not yet running
 	wakeups int // times a worker left the idle state, for tests
 	closed  bool
 }
@@ -34,12 +37,13 @@ func New[T any](workers int, fn func(context.Context, T)) *Pool[T] {
 	return p
 }
 
-// Push queues an item; it never blocks. A worker is woken only when none is awake:
-// an awake worker comes back for the item, and wakes others if work piles up.
+// Push queues an item; it never blocks. When every worker is either parked or busy
+// running an item, none will come back for this one soon: an idle worker is woken (one
+// at a time; the woken worker brings in more if items pile up).
 func (p *Pool[T]) Push(v T) {
 	p.mu.Lock()
 	p.items = append(p.items, v)
-	if p.idle == p.workers {
+	if p.idle+p.busy == p.workers {
 		p.wakeOne()
 	}
 	p.mu.Unlock()
@@ -79,8 +83,8 @@ func (p *Pool[T]) Run(ctx context.Context) error {
 }
 
 func (p *Pool[T]) work(ctx context.Context) {
+	p.mu.Lock()
 	for {
-		p.mu.Lock()
 		for p.head == len(p.items) && !p.closed {
 			p.idle++
 			p.cond.Wait()
@@ -103,7 +107,10 @@ func (p *Pool[T]) work(ctx context.Context) {
 		} else {
 			p.wakeOne() // more waiting: bring another worker in
 		}
+		p.busy++
 		p.mu.Unlock()
 		p.fn(ctx, v)
+		p.mu.Lock()
+		p.busy--
 	}
 }

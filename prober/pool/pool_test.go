@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -67,4 +68,41 @@ func TestBoundedConcurrency(t *testing.T) {
 	if peak.Load() != 3 {
 		t.Fatalf("peak %d, want all 3 workers used and no more", peak.Load())
 	}
+}
+
+// TestItemStartsWhileAnotherWorkerIsBusy is the regression test for a slow item
+// holding back the queue: with one worker busy on a slow item and the others parked,
+// a new item must start at once on a parked worker, not when the slow one is done.
+// In the synctest bubble "at once" is exact: once every goroutine is blocked again,
+// the new item has run.
+func TestItemStartsWhileAnotherWorkerIsBusy(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var ran atomic.Int32
+		p := New(4, func(_ context.Context, v int) {
+			if v == 0 {
+				<-release // the slow probe
+			}
+			ran.Add(1)
+		})
+		run(t, p)
+		t.Cleanup(func() { close(release) })
+		p.Push(0)
+		synctest.Wait()
+		p.Push(1)
+		synctest.Wait()
+		if ran.Load() != 1 {
+			t.Fatal("an item pushed while one worker was busy waited for it instead of starting on an idle worker")
+		}
+		// And the burst behaviour holds: items pushed together while a worker is busy
+		// all run.
+		for i := range 100 {
+			p.Push(2 + i)
+		}
+		synctest.Wait()
+		if ran.Load() != 101 {
+			t.Fatalf("%d of 101 quick items ran", ran.Load())
+		}
+	})
 }
