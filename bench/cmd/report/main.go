@@ -139,8 +139,11 @@ Rows whose baseline is "budget" compare with a fixed budget from the project's g
 - **Scheduler only**: probes with no-op bodies on the agent's timer wheel and worker
   pool, on ` + "`time.AfterFunc`" + ` re-armed per fire, and on one goroutine and ` + "`time.Ticker`" + ` per
   probe (the kubelet's pattern). CPU per fire and in % of a core, memory per probe
-  ((VmRSS after − before creating the probes) / n), and firing lateness (how long after
-  its due time the scheduler fired each probe).
+  ((VmRSS after − before creating the probes) / n), and lateness (how long after its due
+  time each probe's body started: for the wheel, queueing for a worker included).
+- **Slow probes**: 1,000 probes a second on the wheel and pool with every 20th probe
+  (5 %) holding its worker for 2 s, as a probe of a hung target does, against the same
+  run without slow probes: the other probes' lateness must not grow.
 - **TCP and HTTP probes** against a loopback server pinned to the other core: the agent's
   prober on its scheduler, a raw Go dial+close or GET loop (the limit here), the
   kubelet's own ` + "`pkg/probe/tcp`" + ` and ` + "`pkg/probe/http`" + ` in its worker pattern, and
