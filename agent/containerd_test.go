@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -363,4 +364,67 @@ func TestIntegrationContainerdExecMissingCommand(t *testing.T) {
 			t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
 		}
 	}
+}
+
+// netnsChildEnv, when set, makes TestIntegrationContainerdProbesInTheContainersNamespace
+// the agent half of the test: it is run in a network namespace of its own by the other
+// half, with the containerd address in this variable.
+const netnsChildEnv = "PROBE_AGENT_TEST_NETNS_AGENT"
+
+// TestIntegrationContainerdProbesInTheContainersNamespace runs the agent in a network
+// namespace of its own, as the DaemonSet does (a pod network, with hostPID), against a
+// host-network container and a pod-network container that both serve on 127.0.0.1
+// only: each must be probed from its own namespace, stay ready and never be restarted.
+func TestIntegrationContainerdProbesInTheContainersNamespace(t *testing.T) {
+	if addr := os.Getenv(netnsChildEnv); addr != "" {
+		agentInOwnNetns(t, addr)
+		return
+	}
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	hostPort := freePort(t)
+	checks := func(port int) map[string]string {
+		c := fmt.Sprintf(`{"path":"/health","port":%d}`, port)
+		return map[string]string{containerd.LabelChecks: `{"liveness_check":{"http_get":` + c + `,"initial_delay_seconds":1,"period_seconds":0.2,"failure_threshold":3},
+			"readiness_check":{"http_get":` + c + `,"period_seconds":0.2}}`}
+	}
+	ctrdtest.RunContainerSpec(t, client, "default", "hostnet", checks(hostPort), oci.WithRootFSPath(e.rootfs), oci.WithDefaultPathEnv,
+		oci.WithHostNamespace(specs.NetworkNamespace), oci.WithProcessArgs(e.bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(hostPort)))
+	ctrdtest.RunContainerSpec(t, client, "default", "podnet", checks(8000), oci.WithRootFSPath(e.rootfs), oci.WithDefaultPathEnv,
+		oci.WithProcessArgs(e.bin, "--bind", "127.0.0.1", "--port", "8000"))
+
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed to run the agent in a network namespace: %v", err)
+	}
+	cmd := exec.Command(unshare, "--net", os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), netnsChildEnv+"="+e.daemon.Address)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the agent in its own network namespace: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("the agent half did not run:\n%s", out)
+	}
+}
+
+// agentInOwnNetns is the agent half: both containers ready, then ready and never
+// restarted for 3 s more.
+func agentInOwnNetns(t *testing.T, address string) {
+	if n, err := os.Readlink("/proc/self/ns/net"); err == nil {
+		t.Logf("agent in network namespace %s", n)
+	}
+	h := containerdAgent(t, &env{kind: "containerd", daemon: &ctrdtest.Daemon{Address: address}}, "", t.TempDir())
+	for _, name := range []string{"hostnet", "podnet"} {
+		h.waitFor(name, 20*time.Second, "ready", ready)
+	}
+	await.Holds(t, 3*time.Second, "both containers ready, never restarted", func() bool {
+		for _, name := range []string{"hostnet", "podnet"} {
+			if s, ok := h.a.Container(name); !ok || !s.Ready || s.RestartCount != 0 {
+				return false
+			}
+		}
+		return true
+	}, func() string { return fmt.Sprintf("%+v\nlogs:\n%s", h.a.Containers(), h.logTail()) })
 }

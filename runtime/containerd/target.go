@@ -79,17 +79,12 @@ func (t *target) Host() string {
 	return t.host
 }
 
-// DialContext connects from inside the container's network namespace. A refused
+// DialContext connects from inside the container's network namespace, whichever
+// namespace the agent itself runs in: for a host-network container that is the host's,
+// which is not the agent's when the agent runs in a pod network of its own. A refused
 // connection is explained from the container's /proc/<pid>/net/tcp{,6}.
 func (t *target) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var conn net.Conn
-	var err error
-	if t.hostNet {
-		var d net.Dialer
-		conn, err = d.DialContext(ctx, network, addr)
-	} else {
-		conn, err = dialInNetNS(ctx, t.netnsPath(), network, addr)
-	}
+	conn, err := dialInNetNS(ctx, t.netnsPath(), network, addr)
 	if err != nil {
 		if _, serr := os.Stat("/proc/" + strconv.Itoa(t.pid)); serr != nil {
 			return nil, unavailable(fmt.Errorf("container %s: task %d is gone: %w", t.id, t.pid, err))
