@@ -22,6 +22,8 @@ func GRPC(ctx context.Context, t Target, c *service.Check, s Settings) Result {
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent(s.userAgent()),
+		grpc.WithMaxHeaderListSize(MaxHeaderBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxHeaderBytes)),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			c, err := dial(ctx, t, "tcp", a, lingerSeconds)
 			if err != nil {

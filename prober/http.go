@@ -17,13 +17,18 @@ import (
 
 type targetKey struct{}
 
+// MaxHeaderBytes bounds the response headers an HTTP or gRPC probe reads (64 KiB), so
+// that hostile targets cannot make the agent hold megabytes per probe.
+const MaxHeaderBytes = 64 << 10
+
 // httpTransport is shared by every HTTP probe: keep-alives are off, so no connection is
 // ever pooled and the per-request target in the context decides where each dial goes.
 var httpTransport = &http.Transport{
-	Proxy:              nil,
-	DisableKeepAlives:  true,
-	DisableCompression: true,
-	TLSClientConfig:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // probes skip verification, as the kubelet's do
+	Proxy:                  nil,
+	DisableKeepAlives:      true,
+	DisableCompression:     true,
+	MaxResponseHeaderBytes: MaxHeaderBytes,
+	TLSClientConfig:        &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // probes skip verification, as the kubelet's do
 	DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		t, ok := ctx.Value(targetKey{}).(Target)
 		if !ok {
@@ -51,7 +56,9 @@ var httpClient = &http.Client{
 
 // HTTP sends a GET; a final status in 200–399 is a success, and a redirect to another
 // host is not followed but reported as a success with a warning. The response body is
-// read (at most 10 KiB) and never copied into the output.
+// read (at most 10 KiB) within the timeout and never copied into the output: a body
+// that stalls or breaks off is a failure, as in the kubelet. URLs in the output carry
+// no query string and no user information.
 func HTTP(ctx context.Context, t Target, c *service.Check, s Settings) Result {
 	h := c.HTTPGet
 	u := &url.URL{
@@ -83,17 +90,42 @@ func HTTP(ctx context.Context, t Target, c *service.Check, s Settings) Result {
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return dialFailure(ctx, err)
+		return dialFailure(ctx, redactURLError(err))
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxOutput))
+	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxOutput))
 	resp.Body.Close()
 	code := resp.StatusCode
+	if err != nil {
+		return Result{Outcome: Failure, Output: fmt.Sprintf("HTTP %d, then reading the body: %s", code, errText(ctx, redactURLError(err)))}
+	}
 	switch {
 	case code >= 300 && code < 400:
-		loc := resp.Header.Get("Location")
+		loc := redactURL(resp.Header.Get("Location"))
 		return Result{Outcome: Warning, Output: fmt.Sprintf("HTTP %d: redirect to another host not followed (%s)", code, loc)}
 	case code >= 200 && code < 300:
 		return Result{Outcome: Success, Output: "HTTP " + strconv.Itoa(code)}
 	}
 	return Result{Outcome: Failure, Output: "HTTP probe failed with status code " + strconv.Itoa(code)}
+}
+
+// redactURL keeps a URL's scheme, host and path: query strings and user information
+// carry tokens and passwords, which do not belong in outputs, logs or metrics.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
+}
+
+// redactURLError redacts the URL a *url.Error carries in its text.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		redacted := *ue
+		redacted.URL = redactURL(ue.URL)
+		return &redacted
+	}
+	return err
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,6 +170,114 @@ func TestHTTPProbeRealServer(t *testing.T) {
 	// A vanished target is an error, not a failure.
 	if r := Run(context.Background(), hostTarget{dialErr: goneError{}}, httpCheck(p, "/ok"), Settings{}); r.Outcome != Unknown {
 		t.Errorf("unavailable target: %v %q", r.Outcome, r.Output)
+	}
+}
+
+// TestHTTPBodyWithinTheTimeout: a 200 whose body stalls or breaks off is a failure; the
+// probe ends at its timeout, body included.
+func TestHTTPBodyWithinTheTimeout(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stall", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		fmt.Fprint(w, "partial")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	mux.HandleFunc("/cut", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		fmt.Fprint(w, "partial")
+		w.(http.Flusher).Flush()
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	p := port(t, srv.Listener.Addr().String())
+	c := httpCheck(p, "/stall")
+	c.TimeoutSeconds = service.Seconds(300 * time.Millisecond)
+	start := time.Now()
+	if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Failure || !strings.Contains(r.Output, "timed out") {
+		t.Errorf("a body stalled past the timeout: %v %q", r.Outcome, r.Output)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the stalled body held the probe for %v", d)
+	}
+	if r := Run(context.Background(), hostTarget{}, httpCheck(p, "/cut"), Settings{}); r.Outcome != Failure || !strings.Contains(r.Output, "reading the body") {
+		t.Errorf("a body cut short: %v %q", r.Outcome, r.Output)
+	}
+}
+
+// TestHTTPOutputsCarryNoSecrets: query strings and user information never reach a
+// probe's output, whether from the check's path or from a redirect.
+func TestHTTPOutputsCarryNoSecrets(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.Handle("/away", http.RedirectHandler("http://user:hunter2@elsewhere.example:8443/login?token=s3cret#frag", http.StatusFound))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	p := port(t, srv.Listener.Addr().String())
+	for _, c := range []*service.Check{httpCheck(testsock.RefusingPort(t), "/health?token=s3cret"), httpCheck(p, "/away?token=s3cret")} {
+		r := Run(context.Background(), hostTarget{}, c, Settings{})
+		if strings.Contains(r.Output, "s3cret") || strings.Contains(r.Output, "hunter2") || strings.Contains(r.Output, "frag") {
+			t.Errorf("%s: output %q carries a secret", c.HTTPGet.Path, r.Output)
+		}
+		if !strings.Contains(r.Output, "/health") && !strings.Contains(r.Output, "elsewhere.example:8443/login") {
+			t.Errorf("%s: output %q does not say where", c.HTTPGet.Path, r.Output)
+		}
+	}
+}
+
+// TestHTTPHostileHeadersBounded: targets that send endless response headers cost each
+// probe at most MaxHeaderBytes, not Go's default 10 MiB, however many probe at once.
+func TestHTTPHostileHeadersBounded(t *testing.T) {
+	const targets = 40
+	var checks []*service.Check
+	for range targets {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer conn.Close()
+					_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nX-Endless: ")
+					chunk := []byte(strings.Repeat("a", 64<<10))
+					for {
+						if _, err := conn.Write(chunk); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+		c := httpCheck(port(t, ln.Addr().String()), "/")
+		c.TimeoutSeconds = service.Seconds(5 * time.Second)
+		checks = append(checks, c)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var wg sync.WaitGroup
+	for _, c := range checks {
+		wg.Go(func() {
+			if r := Run(context.Background(), hostTarget{}, c, Settings{}); r.Outcome != Failure {
+				t.Errorf("endless headers: %v %q", r.Outcome, r.Output)
+			}
+		})
+	}
+	wg.Wait()
+	runtime.ReadMemStats(&after)
+	perProbe := (after.TotalAlloc - before.TotalAlloc) / targets
+	t.Logf("%d KiB allocated per probe of a target with endless headers", perProbe>>10)
+	if perProbe > 1<<20 {
+		t.Fatalf("%d KiB allocated per probe of a target with endless headers; want at most 1 MiB", perProbe>>10)
 	}
 }
 
