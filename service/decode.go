@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // FieldError is one problem in the configuration, located by its JSON path.
@@ -205,7 +206,7 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 		}
 		f, err := n.num.Float64()
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > maxSeconds {
-			errs.add(path, "%s is out of range (at most %d seconds)", n.num, maxSeconds)
+			errs.add(path, "%s is out of range (at most %d seconds)", clip(n.num.String()), maxSeconds)
 			return
 		}
 		v.SetInt(int64(f * float64(time.Second)))
@@ -282,10 +283,10 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 			if f, ferr := n.num.Float64(); ferr == nil && f == math.Trunc(f) && math.Abs(f) < math.MaxInt32 {
 				i = int64(f)
 			} else if ferr == nil && f != math.Trunc(f) {
-				errs.add(path, "must be an integer, got %s", n.num)
+				errs.add(path, "must be an integer, got %s", clip(n.num.String()))
 				return
 			} else {
-				errs.add(path, "%s is out of range", n.num)
+				errs.add(path, "%s is out of range", clip(n.num.String()))
 				return
 			}
 		}
@@ -308,8 +309,25 @@ func jsonFields(t reflect.Type) map[string]int {
 }
 
 func join(path, key string) string {
+	key = clip(key)
 	if path == "" {
 		return key
 	}
 	return path + "." + key
+}
+
+// maxEcho bounds what an error repeats of the document (a key, a value, a number).
+const maxEcho = 64
+
+// clip shortens a string from the document to at most maxEcho bytes (on a rune
+// boundary) for an error message.
+func clip(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	cut := maxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

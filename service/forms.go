@@ -19,7 +19,7 @@ func ParseContainer(data []byte, path string, opts Options) (*Container, error) 
 	c.SetDefaults()
 	c.validate(path, opts, &errs)
 	if len(errs) > 0 {
-		return nil, dropCascades(errs)
+		return nil, report(errs)
 	}
 	return &c, nil
 }
@@ -38,7 +38,7 @@ func ParseContainers(data []byte, path string, opts Options) (map[string]*Contai
 	}
 	out := map[string]*Container{}
 	for _, m := range root.members {
-		p := path + "[" + strconv.Quote(m.key) + "]"
+		p := path + "[" + strconv.Quote(clip(m.key)) + "]"
 		if _, dup := out[m.key]; dup {
 			errs.add(p, "duplicate key")
 			continue
@@ -51,7 +51,7 @@ func ParseContainers(data []byte, path string, opts Options) (map[string]*Contai
 		out[m.key] = &c
 	}
 	if len(errs) > 0 {
-		return nil, dropCascades(errs)
+		return nil, report(errs)
 	}
 	return out, nil
 }

@@ -19,7 +19,7 @@ func Parse(data []byte, opts Options) (*Service, error) {
 	s.setDefaults()
 	s.validate(opts, &errs)
 	if len(errs) > 0 {
-		return nil, dropCascades(errs)
+		return nil, report(errs)
 	}
 	return &s, nil
 }
@@ -37,26 +37,48 @@ func ParseFile(path string, opts Options) (*Service, error) {
 	return s, nil
 }
 
-// dropCascades keeps the first error at a path and drops those found inside a value that
-// already failed, so that one mistake is reported once.
+// MaxErrors is how many errors one document reports; the rest are counted.
+const MaxErrors = 100
+
+// report turns the errors found in one document into what the caller gets: cascades
+// dropped, at most MaxErrors of them, then a count of the rest.
+func report(errs ErrorList) ErrorList {
+	errs = dropCascades(errs)
+	if n := len(errs) - MaxErrors; n > 0 {
+		errs = append(errs[:MaxErrors:MaxErrors], &FieldError{Msg: fmt.Sprintf("… and %d more errors", n)})
+	}
+	return errs
+}
+
+// dropCascades keeps the first error at a path and drops those found inside a value
+// that failed (an error at an enclosing path, anywhere in the list), so that one
+// mistake is reported once. It looks at each error's enclosing paths only, so its cost
+// is linear in the number of errors.
 func dropCascades(errs ErrorList) ErrorList {
-	out := errs[:0:0]
-	for i, e := range errs {
-		covered := false
-		for j, o := range errs {
-			if j < i && o.Path == e.Path && e.Path != "" {
-				covered = true
-				break
-			}
-			if o.Path != "" && len(e.Path) > len(o.Path) && e.Path[:len(o.Path)] == o.Path &&
-				(e.Path[len(o.Path)] == '.' || e.Path[len(o.Path)] == '[') {
-				covered = true
-				break
-			}
-		}
-		if !covered {
-			out = append(out, e)
+	failed := make(map[string]bool, len(errs))
+	for _, e := range errs {
+		if e.Path != "" {
+			failed[e.Path] = true
 		}
 	}
+	seen := make(map[string]bool, len(errs))
+	out := errs[:0:0]
+	for _, e := range errs {
+		if e.Path != "" && (seen[e.Path] || insideFailed(e.Path, failed)) {
+			continue
+		}
+		seen[e.Path] = true
+		out = append(out, e)
+	}
 	return out
+}
+
+// insideFailed reports whether a path enclosing p (cut at a '.' or a '[') failed.
+func insideFailed(p string, failed map[string]bool) bool {
+	for i := len(p) - 1; i > 0; i-- {
+		if (p[i] == '.' || p[i] == '[') && failed[p[:i]] {
+			return true
+		}
+	}
+	return false
 }

@@ -1,9 +1,11 @@
 package service
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -341,5 +343,56 @@ func TestKubernetesNamesAndRootfs(t *testing.T) {
 	_, err := Parse([]byte(wrap(`{"command":"x","rootfs":"/r","image":"i"}`)), Options{})
 	if err == nil || !strings.Contains(err.Error(), "rootfs or image, not both") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// hostileDoc is a container entry with n unknown fields of long names and values.
+func hostileDoc(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"liveness_check":{"tcp_socket":{"port":80}}`)
+	for i := range n {
+		fmt.Fprintf(&b, `,"unknown_%d_%s":"%s"`, i, strings.Repeat("k", 200), strings.Repeat("v", 200))
+	}
+	b.WriteString("}")
+	return []byte(b.String())
+}
+
+// TestHostileInputGetsABoundedReport: however many mistakes a document holds, the
+// report names the first MaxErrors, counts the rest, and echoes no long key or value.
+func TestHostileInputGetsABoundedReport(t *testing.T) {
+	t.Parallel()
+	_, err := ParseContainer(hostileDoc(25_000), "label", Options{})
+	l := Errors(err)
+	if len(l) != MaxErrors+1 || l[MaxErrors].Msg != "… and 24900 more errors" {
+		t.Fatalf("%d errors, last %v; want %d and a count of the rest", len(l), l[len(l)-1], MaxErrors)
+	}
+	for _, e := range l[:MaxErrors] {
+		if len(e.Error()) > 200 || !strings.HasSuffix(e.Path, "…") || e.Msg != "unknown field" {
+			t.Fatalf("error %q echoes too much of the document", e.Error())
+		}
+	}
+	_, err = Parse([]byte(`{"metadata":{"name":"x"},"containers":[{"name":"`+strings.Repeat("n", 1000)+`",
+		"restart_policy":"`+strings.Repeat("r", 1000)+`","liveness_check":{"tcp_socket":{"port":80},"period_seconds":1`+strings.Repeat("0", 1000)+`}}]}`), Options{})
+	for _, e := range Errors(err) {
+		if len(e.Error()) > 200 {
+			t.Fatalf("error %q echoes too much of the document", e.Error())
+		}
+	}
+	if n := len(Errors(err)); n != 3 {
+		t.Fatalf("%d errors, want 3: %v", n, err)
+	}
+}
+
+// BenchmarkManyErrors shows that reporting is linear in the number of mistakes: the
+// time per error stays flat from 1,000 to 100,000 errors.
+func BenchmarkManyErrors(b *testing.B) {
+	for _, n := range []int{1_000, 10_000, 100_000} {
+		doc := hostileDoc(n)
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			for b.Loop() {
+				_, _ = ParseContainer(doc, "label", Options{})
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/error")
+		})
 	}
 }

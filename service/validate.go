@@ -36,7 +36,7 @@ func (s *Service) validate(opts Options, errs *ErrorList) {
 			continue
 		}
 		if j, dup := names[c.Name]; dup {
-			errs.add(p+".name", "duplicate container name %q (also containers[%d])", c.Name, j)
+			errs.add(p+".name", "duplicate container name %q (also containers[%d])", clip(c.Name), j)
 		} else {
 			names[c.Name] = i
 		}
@@ -56,11 +56,11 @@ func (c *Container) Validate(path string, opts Options) error {
 
 func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 	if c.Name != "" && !nameRE.MatchString(c.Name) {
-		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-', or namespace/pod/container)", c.Name)
+		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-', or namespace/pod/container)", clip(c.Name))
 	}
 	for i, e := range c.Env {
 		if !envRE.MatchString(e.Name) {
-			errs.add(fmt.Sprintf("%s.env[%d].name", p, i), "%q is not a valid environment variable name", e.Name)
+			errs.add(fmt.Sprintf("%s.env[%d].name", p, i), "%q is not a valid environment variable name", clip(e.Name))
 		}
 	}
 	if c.Command != "" {
@@ -77,7 +77,7 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 	switch c.RestartPolicy {
 	case RestartAlways, RestartOnFailure, RestartNever:
 	default:
-		errs.add(p+".restart_policy", "%q is not one of Always, OnFailure, Never", c.RestartPolicy)
+		errs.add(p+".restart_policy", "%q is not one of Always, OnFailure, Never", clip(string(c.RestartPolicy)))
 	}
 	for _, t := range ProbeTypes {
 		if ch := c.Check(t); ch != nil {
@@ -157,15 +157,15 @@ func validateMethodPort(p string, port int, opts Options, errs *ErrorList) {
 func validateHTTPGet(p string, h *HTTPGet, opts Options, errs *ErrorList) {
 	validateMethodPort(p+".port", h.Port, opts, errs)
 	if !strings.HasPrefix(h.Path, "/") {
-		errs.add(p+".path", "%q must start with '/'", h.Path)
+		errs.add(p+".path", "%q must start with '/'", clip(h.Path))
 	}
 	if h.Scheme != "HTTP" && h.Scheme != "HTTPS" {
-		errs.add(p+".scheme", "%q is not HTTP or HTTPS", h.Scheme)
+		errs.add(p+".scheme", "%q is not HTTP or HTTPS", clip(h.Scheme))
 	}
 	validateHost(p+".host", h.Host, errs)
 	for i, hd := range h.HTTPHeaders {
 		if !httpguts.ValidHeaderFieldName(hd.Name) {
-			errs.add(fmt.Sprintf("%s.http_headers[%d].name", p, i), "%q is not a valid HTTP header name", hd.Name)
+			errs.add(fmt.Sprintf("%s.http_headers[%d].name", p, i), "%q is not a valid HTTP header name", clip(hd.Name))
 		}
 		if strings.ContainsAny(hd.Value, "\r\n\x00") {
 			errs.add(fmt.Sprintf("%s.http_headers[%d].value", p, i), "must not contain CR, LF or NUL")
@@ -213,6 +213,6 @@ func (c *Check) validateTiming(p string, t ProbeType, errs *ErrorList) {
 
 func validateHost(p, host string, errs *ErrorList) {
 	if host != "" && strings.ContainsAny(host, "/?#@ \t\r\n") {
-		errs.add(p, "%q must be a host name or IP address only", host)
+		errs.add(p, "%q must be a host name or IP address only", clip(host))
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	goruntime "runtime"
@@ -208,12 +207,7 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		GPU: opened.mon, GPUUnavailable: opened.unavailable, GPUReadiness: f.gpu.readiness,
 	})
 	m.Registry.MustRegister(gpu.NewCollectorFunc(a.GPUMonitor, a.ContainerGPUs))
-	srv := &http.Server{Handler: a.Handler(m.Registry), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server", zap.Error(err))
-		}
-	}()
+	srv := serveStatus(ln, a.Handler(m.Registry), defaultHTTPLimits, log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log.Info("probe-agent started", zap.String("version", version), zap.String("runtime", f.runtime),

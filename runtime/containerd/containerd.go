@@ -81,6 +81,7 @@ type Runtime struct {
 	config    map[string]*service.Container
 	connected atomic.Bool
 	cleanup   sync.WaitGroup
+	parsed    parsedChecks
 
 	mu      sync.Mutex
 	fresh   map[string]bool // containers this agent started itself: not adopted

@@ -2,11 +2,13 @@ package containerd
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd"
@@ -308,8 +310,11 @@ func (r *Runtime) checks(nctx context.Context, client *containerd.Client, ns str
 		return cfg, nil, nil
 	case info.Labels[LabelChecks] != "":
 		path := fmt.Sprintf("container %s/%s label %q", ns, info.ID, LabelChecks)
-		c, checksErr = service.ParseContainer([]byte(info.Labels[LabelChecks]), path, opts)
-		return c, checksErr, nil
+		all, checksErr := r.parsed.get(path, info.Labels[LabelChecks], func(raw []byte) (map[string]*service.Container, error) {
+			c, err := service.ParseContainer(raw, path, opts)
+			return map[string]*service.Container{"": c}, err
+		})
+		return copyOf(all[""]), checksErr, nil
 	case info.Labels[labelCRIKind] == "container":
 		return r.podChecks(nctx, client, spec.Annotations[annotationSandbox], id, opts)
 	}
@@ -336,7 +341,7 @@ func (r *Runtime) podChecks(nctx context.Context, client *containerd.Client, san
 	if err == nil {
 		var exts map[string]typeurl.Any
 		if exts, err = sb.Extensions(nctx); err == nil {
-			return podAnnotationChecks(exts, id, opts)
+			return r.podAnnotationChecks(exts, id, opts)
 		}
 	}
 	if errdefs.IsNotFound(err) {
@@ -346,7 +351,7 @@ func (r *Runtime) podChecks(nctx context.Context, client *containerd.Client, san
 }
 
 // podAnnotationChecks parses the checks annotation out of the sandbox's extensions.
-func podAnnotationChecks(exts map[string]typeurl.Any, id runtime.Identity, opts service.Options) (*service.Container, error, error) {
+func (r *Runtime) podAnnotationChecks(exts map[string]typeurl.Any, id runtime.Identity, opts service.Options) (*service.Container, error, error) {
 	ext, ok := exts[sandboxMetadataExt]
 	if !ok {
 		return nil, nil, nil
@@ -359,9 +364,68 @@ func podAnnotationChecks(exts map[string]typeurl.Any, id runtime.Identity, opts 
 	if !ok {
 		return nil, nil, nil
 	}
-	all, err := service.ParseContainers([]byte(raw), fmt.Sprintf("pod %s/%s annotation %q", id.Namespace, id.Pod, AnnotationChecks), opts)
+	path := fmt.Sprintf("pod %s/%s annotation %q", id.Namespace, id.Pod, AnnotationChecks)
+	all, err := r.parsed.get(path, raw, func(raw []byte) (map[string]*service.Container, error) {
+		return service.ParseContainers(raw, path, opts)
+	})
 	if err != nil {
 		return nil, err, nil
 	}
-	return all[id.Container], nil, nil
+	return copyOf(all[id.Container]), nil, nil
+}
+
+// copyOf returns a copy of a cached container entry that its user may change.
+func copyOf(c *service.Container) *service.Container {
+	if c == nil {
+		return nil
+	}
+	cp := *c
+	return &cp
+}
+
+// maxParsed bounds the parsed-checks cache; past it the cache starts over.
+const maxParsed = 1024
+
+// parsedChecks remembers the checks parsed from each distinct label or annotation text
+// (by its SHA-256 and the path its errors are reported under), so that an unchanged
+// annotation is parsed once, not at every containerd event of its pod: a hostile one
+// can cost seconds of CPU on the goroutine that follows containerd.
+type parsedChecks struct {
+	mu           sync.Mutex
+	m            map[parsedKey]parsedValue
+	hits, misses int
+}
+
+type parsedKey struct {
+	path string
+	sum  [sha256.Size]byte
+}
+
+type parsedValue struct {
+	all map[string]*service.Container
+	err error
+}
+
+// get returns what parse returns for raw, parsing it only the first time.
+func (p *parsedChecks) get(path, raw string, parse func([]byte) (map[string]*service.Container, error)) (map[string]*service.Container, error) {
+	k := parsedKey{path: path, sum: sha256.Sum256([]byte(raw))}
+	p.mu.Lock()
+	v, ok := p.m[k]
+	if ok {
+		p.hits++
+	} else {
+		p.misses++
+	}
+	p.mu.Unlock()
+	if ok {
+		return v.all, v.err
+	}
+	v.all, v.err = parse([]byte(raw))
+	p.mu.Lock()
+	if p.m == nil || len(p.m) >= maxParsed {
+		p.m = map[parsedKey]parsedValue{}
+	}
+	p.m[k] = v
+	p.mu.Unlock()
+	return v.all, v.err
 }
