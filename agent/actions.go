@@ -78,22 +78,24 @@ func (a *Agent) scheduleRestart(cs *containerState, finishedAt time.Time, reason
 		a.log.Warn("back-off restarting container", append(a.fields(cs), zap.Duration("backoff", wait), zap.String("reason", reason))...)
 	}
 	name := cs.c.Name
+	cs.restartReason = reason
 	a.pending.Add(1)
 	cs.timer = time.AfterFunc(wait, func() {
 		defer a.pending.Done()
-		a.restart(name, reason)
+		a.restart(name)
 	})
 }
 
 // restart counts a restart and asks the runtime to start the container again; it runs
 // on the back-off timer's goroutine.
-func (a *Agent) restart(name, reason string) {
+func (a *Agent) restart(name string) {
 	a.mu.Lock()
 	cs := a.ctrs[name]
 	if cs == nil || a.closing {
 		a.mu.Unlock()
 		return
 	}
+	reason := cs.restartReason
 	cs.timer = nil
 	cs.restarts++
 	cs.backoffFor = 0

@@ -103,7 +103,9 @@ type containerState struct {
 	backoff    runtime.Backoff
 	backoffFor time.Duration
 	stopReason string // the probe type that stopped the instance, if one did
-	timer      *time.Timer
+	// timer is the pending restart, restartReason what it will be counted as.
+	timer         *time.Timer
+	restartReason string
 	// lastProbes keeps the probe state of the last instance after it stopped, so that
 	// the status API still shows why.
 	lastProbes prober.Status
@@ -113,10 +115,13 @@ type containerState struct {
 	gpuBad []string
 }
 
-// exitReason is why the last instance ended, as a restart reason: the probe type that
-// stopped it, or "exited".
-func (cs *containerState) exitReason() string {
-	if cs.stopReason != "" {
+// exitReason is why the last instance ended, as a restart reason: what the runtime
+// said (ev.Reason), else the probe type that stopped it, else "exited".
+func (cs *containerState) exitReason(ev runtime.Event) string {
+	switch {
+	case ev.Reason != "":
+		return ev.Reason
+	case cs.stopReason != "":
 		return cs.stopReason
 	}
 	return "exited"

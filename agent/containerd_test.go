@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	ctrd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.uber.org/zap"
@@ -141,6 +143,30 @@ func metricValue(t *testing.T, h *harness, name, container string) float64 {
 		}
 	}
 	t.Fatalf("no %s series for %s", name, container)
+	return 0
+}
+
+// counterValue is a container's counter with the given reason, 0 when it has none.
+func counterValue(t *testing.T, h *harness, name, container, reason string) float64 {
+	t.Helper()
+	mfs, err := h.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["container"] == container && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
 	return 0
 }
 
@@ -427,4 +453,55 @@ func agentInOwnNetns(t *testing.T, address string) {
 		}
 		return true
 	}, func() string { return fmt.Sprintf("%+v\nlogs:\n%s", h.a.Containers(), h.logTail()) })
+}
+
+// TestIntegrationContainerdOwnedContainerDeletedIsCreatedAgain: a container of the
+// agent's service.json deleted behind its back (ctr t rm -f; ctr c rm) stays known and
+// is created again, the restart counted under "deleted".
+func TestIntegrationContainerdOwnedContainerDeletedIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	client := e.daemon.Client(t)
+	h := containerdAgent(t, e, `{"name":"model","rootfs":`+quote(e.rootfs)+`,"command":`+quote(e.bin+" --port 8000")+`,
+		"readiness_check":{"http_get":{"path":"/health","port":8000},"period_seconds":0.1}}`, t.TempDir(),
+		func(o *Options) { o.Backoff, o.BackoffMax = 3*time.Second, 10*time.Second })
+	h.waitFor("model", 20*time.Second, "ready", ready)
+	nctx := namespaces.WithNamespace(context.Background(), containerd.OwnedNamespace)
+	removeTask := func() {
+		c, err := client.LoadContainer(nctx, "model")
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(nctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := task.Delete(nctx, ctrd.WithProcessKill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first exit is restarted at once (a start that races the task's removal fails
+	// and is retried, counted as start_failed); the second waits out a back-off of 3 s
+	// or more, during which the container itself is deleted.
+	removeTask()
+	restarts := h.waitFor("model", 20*time.Second, "ready after the first restart", func(s ContainerStatus) bool { return s.Ready && s.RestartCount >= 1 }).RestartCount
+	removeTask()
+	h.waitFor("model", 5*time.Second, "in back-off", func(s ContainerStatus) bool { return s.State == StateBackoff })
+	c, err := client.LoadContainer(nctx, "model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(nctx, ctrd.WithSnapshotCleanup); err != nil {
+		t.Fatal(err)
+	}
+	s := h.waitFor("model", 20*time.Second, "created again and ready", func(s ContainerStatus) bool { return s.Ready && s.RestartCount == restarts+1 })
+	if s.State != StateRunning {
+		t.Fatalf("status %+v", s)
+	}
+	if n := h.logs.FilterMessage("container deleted outside the agent; it is created again per its restart policy").Len(); n != 1 {
+		t.Errorf("%d log lines for the deletion:\n%s", n, h.logTail())
+	}
+	if got := counterValue(t, h, "probe_agent_container_restarts_total", "model", "deleted"); got != 1 {
+		t.Errorf("restarts counted under deleted: %v, want 1", got)
+	}
 }

@@ -30,10 +30,14 @@ func (a *Agent) handleEvent(ev runtime.Event) {
 	case runtime.Started:
 		a.started(cs, ev)
 	case runtime.Exited:
-		if ev.Instance != cs.instance {
+		switch {
+		case ev.Instance != cs.instance:
 			return
+		case ev.Reason != "" && (cs.state == StateExited || cs.state == StateBackoff || cs.state == StateError):
+			a.goneAfterExit(cs, ev)
+		default:
+			a.exited(cs, ev)
 		}
-		a.exited(cs, ev)
 	case runtime.StartFailed:
 		cs.state, cs.message, cs.pid = StateError, ev.Err.Error(), 0
 		a.log.Error("container could not start", append(a.fields(cs), zap.Error(ev.Err))...)
@@ -90,7 +94,7 @@ func (a *Agent) started(cs *containerState, ev runtime.Event) {
 		// instance: follow it and carry the count on.
 		cs.restarts++
 		if a.m != nil {
-			a.m.Restarted(metricsName(cs), cs.exitReason())
+			a.m.Restarted(metricsName(cs), cs.exitReason(ev))
 		}
 	}
 	cs.state, cs.id, cs.instance, cs.pid, cs.message, cs.stopReason = StateRunning, ev.ID, ev.Instance, ev.PID, "", ""
@@ -120,9 +124,19 @@ func (a *Agent) exited(cs *containerState, ev runtime.Event) {
 	case !cs.c.Owned:
 		cs.message = "restarted by the " + cs.c.ManagedBy + ", not the agent"
 	case cs.c.Spec != nil && runtime.ShouldRestart(cs.c.Spec.RestartPolicy, code, cs.stopReason != ""):
-		a.scheduleRestart(cs, ev.Time, cs.exitReason())
+		a.scheduleRestart(cs, ev.Time, cs.exitReason(ev))
 	case cs.c.Spec != nil:
 		cs.message = "not restarted (restart_policy " + string(cs.c.Spec.RestartPolicy) + ")"
+	}
+}
+
+// goneAfterExit takes news of an instance that had already exited, such as its
+// container deleted behind the agent's back while a restart waits: the pending restart,
+// which creates the container again, is counted under the new reason.
+func (a *Agent) goneAfterExit(cs *containerState, ev runtime.Event) {
+	a.log.Warn("container "+ev.Reason+" after it exited", append(a.fields(cs), zap.Bool("restart_pending", cs.timer != nil))...)
+	if cs.timer != nil {
+		cs.restartReason = ev.Reason
 	}
 }
 

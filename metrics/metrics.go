@@ -62,7 +62,7 @@ func New(version string, scheduled func() float64) *Metrics {
 		}, containerLabels),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "container_restarts_total",
-			Help: "Restarts by reason: liveness, startup (probe failures), exited, start_failed.",
+			Help: "Restarts by reason: liveness, startup (probe failures), exited, start_failed, deleted (a container of the agent's own deleted behind its back).",
 		}, withContainer("reason")),
 		backoff: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "container_backoff_seconds",

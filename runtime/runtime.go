@@ -74,7 +74,10 @@ type Event struct {
 	PID      int
 	Time     time.Time
 	ExitCode int
-	Err      error
+	// Reason, on Exited, says why the instance ended when the runtime knows better than
+	// an exit code: "deleted" for a container removed behind the agent's back.
+	Reason string
+	Err    error
 	// Adopted is set on Started when the instance was already running when the agent
 	// found it.
 	Adopted bool

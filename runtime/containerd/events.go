@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"time"
 
 	"github.com/containerd/containerd"
 	apievents "github.com/containerd/containerd/api/events"
@@ -69,16 +70,32 @@ func (r *Runtime) handle(ctx context.Context, client *containerd.Client, env *ev
 }
 
 // forget removes a container that was deleted or lost its checks. A Kubernetes
-// container replaced by a newer instance under the same name is only unlinked.
+// container replaced by a newer instance under the same name is only unlinked. A
+// container of the agent's own service.json is never forgotten (see deleted).
 func (r *Runtime) forget(ns, id string) {
 	var evs []runtime.Event
 	r.mu.Lock()
 	if name, ok := r.ids[ns+"/"+id]; ok {
 		delete(r.ids, ns+"/"+id)
 		if e := r.entries[name]; e != nil && e.id == id && e.ns == ns {
-			evs = r.remove(name, e)
+			if cfg := r.config[name]; cfg != nil && cfg.CreatedByAgent() {
+				evs = r.deleted(name, e)
+			} else {
+				evs = r.remove(name, e)
+			}
 		}
 	}
 	r.mu.Unlock()
 	r.send(evs)
+}
+
+// deleted handles a container of the agent's service.json deleted behind its back: the
+// agent owns it, so it stays known, its instance ends with the reason "deleted", and
+// the agent creates it again per its restart policy (Start creates a container that
+// does not exist). Called with r.mu held.
+func (r *Runtime) deleted(name string, e *entry) []runtime.Event {
+	r.log.Warn("container deleted outside the agent; it is created again per its restart policy",
+		zap.String("container", name), zap.String("namespace", e.ns), zap.String("id", e.id))
+	e.running = false
+	return []runtime.Event{{Type: runtime.Exited, Name: name, Instance: e.inst, Time: time.Now(), ExitCode: -1, Reason: "deleted"}}
 }
