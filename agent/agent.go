@@ -72,8 +72,15 @@ type Agent struct {
 	loopBeat atomic.Int64   // unix nanos of the last loop iteration
 	running  atomic.Bool
 
-	saved     savedState // what the previous agent left, read at start
-	lastSaved string
+	saved savedState // what the previous agent left, read at start
+	// dirty says the state changed since it was last written (guarded by mu); saveNow
+	// wakes the saver. lastSaved and saveFailing belong to whoever saves: the saver
+	// goroutine while it runs, shutdown after.
+	dirty       bool
+	saveNow     chan struct{}
+	lastSaved   string
+	saveFailing bool
+	saves       atomic.Int64 // state files written, for tests
 
 	gpus        map[string]gpu.Status // the monitor's latest state by UUID
 	gpuMon      *gpu.Monitor          // guarded by mu; set at start or by AttachGPU
@@ -142,7 +149,7 @@ func New(opts Options) *Agent {
 		opts.GracePeriod = 30 * time.Second
 	}
 	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{},
-		gpus: map[string]gpu.Status{}, gpuMon: opts.GPU, unavailable: opts.GPUUnavailable, attach: make(chan *gpu.Monitor, 1)}
+		gpus: map[string]gpu.Status{}, gpuMon: opts.GPU, unavailable: opts.GPUUnavailable, attach: make(chan *gpu.Monitor, 1), saveNow: make(chan struct{}, 1)}
 	po := opts.Prober
 	po.Logger = opts.Logger
 	if a.m != nil {
@@ -190,6 +197,8 @@ type run struct {
 	mgrDone, rtDone chan error
 	gpuNotify       <-chan struct{}
 	gpuRuns         sync.WaitGroup
+	stopSaver       chan struct{}
+	saverDone       sync.WaitGroup
 }
 
 func (a *Agent) start() *run {
@@ -200,6 +209,10 @@ func (a *Agent) start() *run {
 	a.mu.Lock()
 	a.runCtx = rtCtx
 	a.mu.Unlock()
+	if a.opts.StateDir != "" {
+		r.stopSaver = make(chan struct{})
+		r.saverDone.Go(func() { a.saver(r.stopSaver) })
+	}
 	go func() { r.mgrDone <- a.mgr.Run(mgrCtx) }()
 	go func() { r.rtDone <- a.rt.Run(rtCtx, r.events) }()
 	if a.opts.GPU != nil {
@@ -277,9 +290,14 @@ func (a *Agent) shutdown(r *run, rtErr error) error {
 		}
 	}
 	a.pending.Wait()
-	a.mu.Lock()
-	a.persist()
-	a.mu.Unlock()
+	if r.stopSaver != nil {
+		close(r.stopSaver)
+		r.saverDone.Wait()
+		a.mu.Lock()
+		a.persist()
+		a.mu.Unlock()
+		_ = a.save() // a failure is logged; nothing more can be done on the way out
+	}
 	return rtErr
 }
 

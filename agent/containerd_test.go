@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,7 +41,7 @@ func containerdAgent(t *testing.T, e *env, containers, stateDir string, tweak ..
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
-	rt, err := containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, Logger: log})
+	rt, err := containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,5 +504,30 @@ func TestIntegrationContainerdOwnedContainerDeletedIsCreatedAgain(t *testing.T) 
 	}
 	if got := counterValue(t, h, "probe_agent_container_restarts_total", "model", "deleted"); got != 1 {
 		t.Errorf("restarts counted under deleted: %v, want 1", got)
+	}
+}
+
+// TestIntegrationContainerdWorksWithoutAWritableStateDir: exec probes and restarts of
+// the agent's own containers need no writable state dir (here a file is in its way):
+// FIFOs live in the runtime dir, and a container whose log cannot be written still
+// starts, its output discarded.
+func TestIntegrationContainerdWorksWithoutAWritableStateDir(t *testing.T) {
+	t.Parallel()
+	e := containerdEnv(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	if err := os.WriteFile(stateDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := containerdAgent(t, e, `{"name":"model","rootfs":`+quote(e.rootfs)+`,"command":`+quote(e.bin+" --port 8000")+`,
+		"readiness_check":{"http_get":{"path":"/health","port":8000},"period_seconds":0.2},
+		"liveness_check":{"exec":{"command":["sh","-c","test -f /tmp/once || { touch /tmp/once; exit 1; }"]},"period_seconds":0.2}}`, stateDir)
+	s := h.waitFor("model", 30*time.Second, "ready after the exec liveness probe restarted it once", func(s ContainerStatus) bool {
+		return s.Ready && s.RestartCount == 1
+	})
+	if s.Probes["liveness"].ConsecutiveFailures != 0 || s.Probes["liveness"].Result != "success" {
+		t.Fatalf("liveness %+v", s.Probes["liveness"])
+	}
+	if h.logs.FilterMessage("cannot write the container's log; its output is discarded").Len() == 0 {
+		t.Errorf("no log line for the discarded output:\n%s", h.logTail())
 	}
 }

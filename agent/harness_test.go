@@ -161,7 +161,7 @@ func startAgent(t *testing.T, e *env, containers string, tweak ...func(*Options)
 	stateDir := ""
 	if e.kind == "containerd" {
 		stateDir = t.TempDir()
-		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, Logger: log})
+		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(), Logger: log})
 	} else {
 		rt, err = process.New(svc, 2*time.Second)
 	}

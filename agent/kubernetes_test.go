@@ -53,7 +53,7 @@ func TestIntegrationKubernetesCRIFollowsKubeletRestarts(t *testing.T) {
 
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
-	rt, err := containerd.New(containerd.Options{Address: d.Address, StateDir: t.TempDir(), Logger: log})
+	rt, err := containerd.New(containerd.Options{Address: d.Address, StateDir: t.TempDir(), RuntimeDir: t.TempDir(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

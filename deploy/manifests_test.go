@@ -172,7 +172,7 @@ func TestDaemonSetMatchesTheAgent(t *testing.T) {
 		}
 		return corev1.VolumeMount{}, false
 	}
-	for _, f := range []string{"containerd-address", "state-dir", "nvidia-driver-root"} {
+	for _, f := range []string{"containerd-address", "state-dir", "runtime-dir", "nvidia-driver-root"} {
 		p, set := flags[f]
 		if !set {
 			if f == "nvidia-driver-root" {
@@ -193,10 +193,10 @@ func TestDaemonSetMatchesTheAgent(t *testing.T) {
 			continue
 		}
 		if host := path.Join(v.HostPath.Path, strings.TrimPrefix(p, m.MountPath)); host != p {
-			t.Errorf("--%s=%s is %s on the host; it must be the same path (containerd opens container logs under --state-dir on the host side)", f, p, host)
+			t.Errorf("--%s=%s is %s on the host; it must be the same path (containerd opens container logs under --state-dir and exec FIFOs under --runtime-dir on the host side)", f, p, host)
 		}
-		if f == "state-dir" && m.ReadOnly {
-			t.Errorf("--state-dir is mounted read-only")
+		if (f == "state-dir" || f == "runtime-dir") && m.ReadOnly {
+			t.Errorf("--%s is mounted read-only", f)
 		}
 		if f == "containerd-address" && (v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathSocket) {
 			t.Errorf("the containerd socket volume should be of type Socket, so that a wrong path fails the pod at once")

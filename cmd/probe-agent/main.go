@@ -76,6 +76,7 @@ type runFlags struct {
 	address       string
 	namespaces    []string
 	stateDir      string
+	runtimeDir    string
 	listen        string
 	reservedPorts []int
 	backoff       time.Duration
@@ -104,6 +105,7 @@ func newRunCmd() *cobra.Command {
 	fl.StringVar(&f.address, "containerd-address", containerd.DefaultAddress, "containerd socket (containerd runtime)")
 	fl.StringSliceVar(&f.namespaces, "namespaces", nil, "containerd namespaces to watch (default: every namespace)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/probe-agent", "where probe state, restart counts and back-off survive agent restarts, and logs of containers the agent starts (containerd runtime)")
+	fl.StringVar(&f.runtimeDir, "runtime-dir", containerd.DefaultRuntimeDir, "where exec probes' FIFOs live (containerd runtime); the same path on the host as for the agent, and writable")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9469", "address of the metrics and status HTTP server")
 	fl.IntSliceVar(&f.reservedPorts, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
 	fl.DurationVar(&f.backoff, "restart-backoff", runtime.DefaultBackoff, "first restart back-off; doubles per crash")
@@ -181,7 +183,7 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	case "containerd":
 		stateDir = f.stateDir
 		rt, err = containerd.New(containerd.Options{Address: f.address, Namespaces: f.namespaces, Service: svc,
-			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, Logger: log})
+			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, RuntimeDir: f.runtimeDir, Logger: log})
 	}
 	if err != nil {
 		return err

@@ -59,6 +59,9 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`)
 // DefaultAddress is containerd's usual socket.
 const DefaultAddress = "/run/containerd/containerd.sock"
 
+// DefaultRuntimeDir is where exec probes' FIFOs live unless Options say otherwise.
+const DefaultRuntimeDir = "/run/probe-agent"
+
 // Options configure the runtime.
 type Options struct {
 	Address string
@@ -69,9 +72,14 @@ type Options struct {
 	Service *service.Service
 	// ServiceOptions validate labels and annotations as files are validated.
 	ServiceOptions service.Options
-	// StateDir holds the logs of containers the agent starts.
+	// StateDir holds the logs of containers the agent starts; when it cannot be
+	// written, their output is discarded instead.
 	StateDir string
-	Logger   *zap.Logger
+	// RuntimeDir holds the FIFOs of exec probes (default DefaultRuntimeDir). containerd's
+	// shim opens them by path, so it must be the same path on the host; exec probes
+	// need it writable, the state dir they never need.
+	RuntimeDir string
+	Logger     *zap.Logger
 }
 
 // Runtime is the containerd runtime.
@@ -129,6 +137,9 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
+	}
+	if opts.RuntimeDir == "" {
+		opts.RuntimeDir = DefaultRuntimeDir
 	}
 	r := &Runtime{opts: opts, log: opts.Logger, config: map[string]*service.Container{},
 		entries: map[string]*entry{}, ids: map[string]string{}, fresh: map[string]bool{}}

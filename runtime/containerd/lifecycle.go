@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
+	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/runtime"
 )
@@ -26,7 +27,7 @@ func (r *Runtime) Target(name string) (runtime.Target, error) {
 		return nil, fmt.Errorf("container %s: not running", name)
 	}
 	return &target{client: r.client, ns: e.ns, id: e.id, pid: e.pid, process: e.process, hostNet: e.hostNet,
-		fifoDir: filepath.Join(r.opts.StateDir, "fifo"), cleanup: &r.cleanup}, nil
+		fifoDir: filepath.Join(r.opts.RuntimeDir, "fifo"), cleanup: &r.cleanup}, nil
 }
 
 func (r *Runtime) lookup(name string) (*containerd.Client, string, string, error) {
@@ -143,11 +144,7 @@ func (r *Runtime) newTask(ctx context.Context, client *containerd.Client, ns, id
 			return fmt.Errorf("deleting the old task: %w", err)
 		}
 	}
-	logs := filepath.Join(r.opts.StateDir, "logs")
-	if err := os.MkdirAll(logs, 0o755); err != nil {
-		return err
-	}
-	task, err := c.NewTask(nctx, cio.LogFile(filepath.Join(logs, ns+"_"+id+".log")))
+	task, err := c.NewTask(nctx, r.logTo(ns, id))
 	if err != nil {
 		return fmt.Errorf("creating the task: %w", err)
 	}
@@ -156,4 +153,23 @@ func (r *Runtime) newTask(ctx context.Context, client *containerd.Client, ns, id
 		return fmt.Errorf("starting the task: %w", err)
 	}
 	return nil
+}
+
+// logTo is where a container the agent starts writes its output: a file under the
+// state dir, or nowhere when that cannot be written (a read-only or full disk must not
+// keep the container from starting).
+func (r *Runtime) logTo(ns, id string) cio.Creator {
+	logs := filepath.Join(r.opts.StateDir, "logs")
+	path := filepath.Join(logs, ns+"_"+id+".log")
+	err := os.MkdirAll(logs, 0o755)
+	if err == nil {
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			f.Close()
+			return cio.LogFile(path)
+		}
+	}
+	r.log.Warn("cannot write the container's log; its output is discarded", zap.String("namespace", ns),
+		zap.String("id", id), zap.Error(err))
+	return cio.NullIO
 }

@@ -20,7 +20,7 @@ func TestObserveConcludesNothingWhenContainerdCannotSay(t *testing.T) {
 	client := d.Client(t)
 	ctrdtest.RunContainer(t, client, "default", "web", ctrdtest.Rootfs(t),
 		map[string]string{LabelChecks: `{"liveness_check":{"exec":{"command":["true"]}}}`}, "sleep", "600")
-	r, err := New(Options{Address: d.Address, StateDir: t.TempDir()})
+	r, err := New(Options{Address: d.Address, StateDir: t.TempDir(), RuntimeDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestPodChecksDoNotTakeAnErrorForNoChecks(t *testing.T) {
 	ctrdtest.Require(t)
 	d := ctrdtest.Start(t)
 	client := d.Client(t)
-	r, err := New(Options{Address: d.Address, StateDir: t.TempDir()})
+	r, err := New(Options{Address: d.Address, StateDir: t.TempDir(), RuntimeDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
