@@ -22,7 +22,7 @@ build:
 
 ## run: start the agent on the process runtime with the example service (Ctrl-C stops it).
 run: build
-	./bin/probe-agent run --config testdata/service.json --log-format console
+	./bin/probe-agent run --config testdata/service.json --log-format console --state-dir bin/state
 
 ## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, tests without cgo, the deployment checks, fuzz smoke, both builds.
 test: lint unit deploy-check fuzz-smoke

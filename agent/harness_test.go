@@ -163,7 +163,7 @@ func startAgent(t *testing.T, e *env, containers string, tweak ...func(*Options)
 		stateDir = t.TempDir()
 		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(), Logger: log})
 	} else {
-		rt, err = process.New(svc, 2*time.Second)
+		rt, err = process.New(svc, process.Options{ShutdownGrace: 2 * time.Second, Logger: log})
 	}
 	if err != nil {
 		t.Fatal(err)

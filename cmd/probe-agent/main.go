@@ -76,6 +76,7 @@ type runFlags struct {
 	address       string
 	namespaces    []string
 	stateDir      string
+	stateDirSet   bool
 	runtimeDir    string
 	listen        string
 	reservedPorts []int
@@ -97,14 +98,17 @@ func newRunCmd() *cobra.Command {
 		Long: "Run the agent: start (process runtime) or find the containers, probe them, restart failed ones,\n" +
 			"and serve /metrics, /healthz, /readyz and /v1/containers on --listen.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f, cmd.ErrOrStderr()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.stateDirSet = cmd.Flags().Changed("state-dir")
+			return runAgent(cmd.Context(), f, cmd.ErrOrStderr())
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.config, "config", "", "service.json with the containers and their checks (required for the process runtime)")
 	fl.StringVar(&f.runtime, "runtime", "process", "container runtime: process or containerd")
 	fl.StringVar(&f.address, "containerd-address", containerd.DefaultAddress, "containerd socket (containerd runtime)")
 	fl.StringSliceVar(&f.namespaces, "namespaces", nil, "containerd namespaces to watch (default: every namespace)")
-	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/probe-agent", "where probe state, restart counts and back-off survive agent restarts, and logs of containers the agent starts (containerd runtime)")
+	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/probe-agent", "where probe state, restart counts and back-off survive agent restarts, and logs of containers the agent starts; the process runtime uses it only when given")
 	fl.StringVar(&f.runtimeDir, "runtime-dir", containerd.DefaultRuntimeDir, "where exec probes' FIFOs live (containerd runtime); the same path on the host as for the agent, and writable")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9469", "address of the metrics and status HTTP server")
 	fl.IntSliceVar(&f.reservedPorts, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
@@ -176,12 +180,14 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	}
 	grace := max(f.grace, agent.MinGracePeriod)
 	var rt runtime.Runtime
-	stateDir := ""
+	stateDir := f.stateDir
 	switch f.runtime {
 	case "process":
-		rt, err = process.New(svc, grace)
+		if !f.stateDirSet {
+			stateDir = "" // a local try-out: no state unless asked for
+		}
+		rt, err = process.New(svc, process.Options{ShutdownGrace: grace, StateDir: stateDir, Logger: log})
 	case "containerd":
-		stateDir = f.stateDir
 		rt, err = containerd.New(containerd.Options{Address: f.address, Namespaces: f.namespaces, Service: svc,
 			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, RuntimeDir: f.runtimeDir, Logger: log})
 	}

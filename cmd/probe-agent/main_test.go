@@ -26,7 +26,16 @@ import (
 	"github.com/probe-agent/probe-agent/internal/await"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// asAgent, when set, makes the test binary the probe-agent command itself, so that tests
+// can run the agent as a process of its own (and kill it).
+const asAgent = "PROBE_AGENT_TEST_AS_AGENT"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asAgent) != "" {
+		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func TestValidateFiveMistakesFiveLines(t *testing.T) {
 	var out, errb bytes.Buffer

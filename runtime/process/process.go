@@ -1,29 +1,50 @@
 // Package process runs local processes as containers: the agent's embedded default
 // runtime. Each container is a process group of its own with the container's
-// environment; stopping sends SIGTERM to the group and SIGKILL after the grace period.
+// environment, inside a group (group.go: a cgroup where the host allows one) that holds
+// everything it starts; stopping sends SIGTERM to the process group and, after the
+// grace period, SIGKILL to everything in the group. Exec probes run in groups of their
+// own too. With a state dir, run counts survive the agent, and an agent that finds
+// groups a previous one left behind (it was killed) kills them first.
 package process
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/service"
 )
 
+// Options configure the runtime.
+type Options struct {
+	// ShutdownGrace bounds how long containers get to exit on SIGTERM when the agent
+	// shuts down.
+	ShutdownGrace time.Duration
+	// StateDir, when set, keeps the runtime's run counts (instance IDs continue across
+	// agent restarts) and names its groups, so that the next agent finds leftovers.
+	StateDir string
+	Logger   *zap.Logger
+}
+
 // Runtime starts the containers of a service as local processes.
 type Runtime struct {
-	shutdownGrace time.Duration
+	opts   Options
+	log    *zap.Logger
+	groups *groups
 
 	mu      sync.Mutex
 	ctrs    map[string]*container
@@ -39,6 +60,7 @@ type container struct {
 	runs    int
 	cmd     *exec.Cmd
 	pid     int
+	group   *group
 	done    chan struct{} // closed when the current instance has exited
 	running bool
 }
@@ -57,13 +79,19 @@ func Validate(svc *service.Service) error {
 	return nil
 }
 
-// New returns a runtime for the containers of svc. shutdownGrace bounds how long
-// containers get to exit on SIGTERM when the agent shuts down.
-func New(svc *service.Service, shutdownGrace time.Duration) (*Runtime, error) {
+// New returns a runtime for the containers of svc.
+func New(svc *service.Service, opts Options) (*Runtime, error) {
 	if err := Validate(svc); err != nil {
 		return nil, err
 	}
-	r := &Runtime{shutdownGrace: shutdownGrace, ctrs: map[string]*container{}}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	gs, err := newGroups(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	r := &Runtime{opts: opts, log: opts.Logger, groups: gs, ctrs: map[string]*container{}}
 	for i := range svc.Containers {
 		c := &svc.Containers[i]
 		r.ctrs[c.Name] = &container{spec: c, env: append(os.Environ(), c.Environ()...)}
@@ -78,6 +106,12 @@ func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
 	r.mu.Lock()
 	r.events = events
 	r.mu.Unlock()
+	defer r.groups.close()
+	if n := r.groups.killLeftovers(); n > 0 {
+		r.log.Warn("killed what an earlier agent left running", zap.Int("groups", n), zap.String("kind", r.groups.kind))
+	}
+	r.log.Info("processes kept in groups", zap.String("kind", r.groups.kind), zap.String("root", r.groups.root))
+	r.loadRuns()
 	for _, name := range r.order {
 		c := r.ctrs[name]
 		events <- runtime.Event{Type: runtime.Added, Name: name, Time: time.Now(), Container: &runtime.Container{
@@ -93,7 +127,7 @@ func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
 	r.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, name := range r.order {
-		wg.Go(func() { _ = r.Stop(context.Background(), name, r.shutdownGrace) })
+		wg.Go(func() { _ = r.Stop(context.Background(), name, r.opts.ShutdownGrace) })
 	}
 	wg.Wait()
 	r.wg.Wait()
@@ -118,30 +152,43 @@ func (r *Runtime) Start(ctx context.Context, name string) error {
 		return fmt.Errorf("container %q: already running", name)
 	}
 	c.runs++
+	r.saveRuns()
 	instance := name + "." + strconv.Itoa(c.runs)
 	cmd := exec.Command(c.spec.Args[0], c.spec.Args[1:]...)
 	cmd.Env = c.env
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	// Own process group so that stop signals reach every process of the container; the
-	// kernel kills it if the agent dies, so nothing is left orphaned.
+	// kernel kills the main process if the agent dies, and the next agent kills what is
+	// left in its group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	g, err := r.groups.new(name)
+	if err == nil {
+		err = g.start(cmd)
+		if err != nil {
+			_ = g.kill()
+		}
+	}
+	if err != nil {
 		r.send(runtime.Event{Type: runtime.StartFailed, Name: name, Instance: instance, Time: time.Now(),
 			Err: fmt.Errorf("container %q: start %q: %w", name, c.spec.Args[0], err)})
 		return errStartFailed
 	}
-	c.cmd, c.pid, c.running, c.done = cmd, cmd.Process.Pid, true, make(chan struct{})
+	c.cmd, c.pid, c.group, c.running, c.done = cmd, cmd.Process.Pid, g, true, make(chan struct{})
 	r.send(runtime.Event{Type: runtime.Started, Name: name, ID: instance, Instance: instance, PID: c.pid, Time: time.Now()})
 	r.wg.Add(1)
 	go r.wait(name, instance, c, cmd, c.done)
 	return nil
 }
 
-// wait reaps one instance and reports its exit.
+// wait reaps one instance, kills whatever it left in its group, as a container's end
+// does, and reports its exit.
 func (r *Runtime) wait(name, instance string, c *container, cmd *exec.Cmd, done chan struct{}) {
 	defer r.wg.Done()
 	_ = cmd.Wait()
 	code := exitCode(cmd.ProcessState)
+	if err := c.group.kill(); err != nil {
+		r.log.Warn("cannot kill what the container left behind", zap.String("container", name), zap.Error(err))
+	}
 	r.mu.Lock()
 	c.running = false
 	close(done)
@@ -179,7 +226,7 @@ func (r *Runtime) Stop(ctx context.Context, name string, grace time.Duration) er
 		r.mu.Unlock()
 		return nil
 	}
-	pid, done := c.pid, c.done
+	pid, g, done := c.pid, c.group, c.done
 	r.mu.Unlock()
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
 	t := time.NewTimer(grace)
@@ -191,6 +238,7 @@ func (r *Runtime) Stop(ctx context.Context, name string, grace time.Duration) er
 	case <-ctx.Done():
 	}
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = g.kill()
 	<-done
 	return ctx.Err()
 }
@@ -205,13 +253,15 @@ func (r *Runtime) Target(name string) (runtime.Target, error) {
 	if !ok {
 		return nil, fmt.Errorf("container %q: not found", name)
 	}
-	return &Target{Env: c.env}, nil
+	return &Target{Env: c.env, groups: r.groups}, nil
 }
 
 // Target probes on the host: dials go to 127.0.0.1 and exec runs the command as a
-// process group of its own with the container's environment.
+// process group of its own with the container's environment, in a group of its own
+// when the target has groups.
 type Target struct {
-	Env []string
+	Env    []string
+	groups *groups
 }
 
 // Host returns 127.0.0.1.
@@ -241,7 +291,7 @@ func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 	cmd.Env = t.Env
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
+	g, err := t.start(cmd)
 	pw.Close()
 	if err != nil {
 		fmt.Fprint(out, err.Error())
@@ -256,7 +306,7 @@ func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		close(copied)
 	}()
 	pgid := cmd.Process.Pid
-	// On timeout the whole group is killed, which ends the Wait below.
+	// On timeout the whole process group is killed, which ends the Wait below.
 	stop := context.AfterFunc(ctx, func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
 	_ = cmd.Wait()
 	timedOut := !stop()
@@ -264,7 +314,12 @@ func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 	if timedOut {
 		ctxErr = ctx.Err()
 	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL) // whatever the command left behind
+	// Whatever the command left behind: its process group, then its group, which holds
+	// the descendants that left the process group too.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	if g != nil {
+		_ = g.kill()
+	}
 	select {
 	case <-copied:
 	default:
@@ -281,4 +336,72 @@ func (t *Target) Exec(ctx context.Context, argv []string, out io.Writer) (int, e
 		return -1, ctxErr
 	}
 	return exitCode(cmd.ProcessState), nil
+}
+
+// start starts cmd, in a group of its own when the target has groups.
+func (t *Target) start(cmd *exec.Cmd) (*group, error) {
+	if t.groups == nil {
+		return nil, cmd.Start()
+	}
+	g, err := t.groups.new("exec")
+	if err != nil {
+		return nil, cmd.Start() // a cgroup that cannot be made: the process group still holds most
+	}
+	if err := g.start(cmd); err != nil {
+		_ = g.kill()
+		return nil, err
+	}
+	return g, nil
+}
+
+// runsFile is where the runtime keeps its run counts in the state dir.
+const runsFile = "process.json"
+
+// loadRuns continues each container's run count from the state dir, so that instance
+// IDs are never reused across agent restarts.
+func (r *Runtime) loadRuns() {
+	if r.opts.StateDir == "" {
+		return
+	}
+	data, err := os.ReadFile(filepath.Join(r.opts.StateDir, runsFile))
+	if err != nil {
+		return
+	}
+	var saved struct {
+		Runs map[string]int `json:"runs"`
+	}
+	if err := json.Unmarshal(data, &saved); err != nil {
+		r.log.Warn("cannot read saved run counts; instance IDs start over", zap.Error(err))
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, n := range saved.Runs {
+		if c := r.ctrs[name]; c != nil {
+			c.runs = n
+		}
+	}
+}
+
+// saveRuns records the run counts; called with r.mu held, at each start.
+func (r *Runtime) saveRuns() {
+	if r.opts.StateDir == "" {
+		return
+	}
+	runs := map[string]int{}
+	for name, c := range r.ctrs {
+		runs[name] = c.runs
+	}
+	data, _ := json.Marshal(map[string]any{"runs": runs})
+	tmp := filepath.Join(r.opts.StateDir, runsFile+".tmp")
+	err := os.MkdirAll(r.opts.StateDir, 0o755)
+	if err == nil {
+		err = os.WriteFile(tmp, data, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(r.opts.StateDir, runsFile))
+	}
+	if err != nil {
+		r.log.Warn("cannot save run counts", zap.Error(err))
+	}
 }

@@ -154,7 +154,7 @@ func TestLifecycle(t *testing.T) {
 		service.Container{Name: "broken", Command: "/nonexistent/server --port 1"},
 		service.Container{Name: "quitter", Command: "sh -c 'exit 7'", Env: []service.EnvVar{{Name: "X", Value: "1"}}},
 	)
-	rt, err := New(s, 3*time.Second)
+	rt, err := New(s, Options{ShutdownGrace: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
