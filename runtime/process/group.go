@@ -225,6 +225,9 @@ func (gs *groups) close() {
 const groupWait = 5 * time.Second
 
 func killCgroup2(dir string) error {
+	if os.Remove(dir) == nil {
+		return nil // it was empty already: the usual end of an exec probe
+	}
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -232,6 +235,9 @@ func killCgroup2(dir string) error {
 }
 
 func killFreezer(dir string) error {
+	if os.Remove(dir) == nil {
+		return nil
+	}
 	state := filepath.Join(dir, "freezer.state")
 	if err := os.WriteFile(state, []byte("FROZEN"), 0); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
