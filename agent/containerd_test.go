@@ -106,10 +106,10 @@ func TestIntegrationContainerdBadLabelReportedForThatContainerOnly(t *testing.T)
 	if bad.Ready || len(bad.Probes) != 0 || bad.State != StateRunning {
 		t.Fatalf("bad container %+v", bad)
 	}
-	if v := metricValue(t, h, "probe_agent_container_checks_invalid", "bad"); v != 1 {
+	if v, _ := metricValue(t, h, "probe_agent_container_checks_invalid", map[string]string{"container": "bad"}); v != 1 {
 		t.Fatalf("checks_invalid for bad = %v", v)
 	}
-	if v := metricValue(t, h, "probe_agent_container_checks_invalid", "good"); v != 0 {
+	if v, ok := metricValue(t, h, "probe_agent_container_checks_invalid", map[string]string{"container": "good"}); !ok || v != 0 {
 		t.Fatalf("checks_invalid for good = %v", v)
 	}
 	if _, ok := h.a.Container("unlabelled"); ok {
@@ -124,8 +124,9 @@ func TestIntegrationContainerdBadLabelReportedForThatContainerOnly(t *testing.T)
 	})
 }
 
-// metricValue reads one container's series of a gauge from the agent's registry.
-func metricValue(t *testing.T, h *harness, name, container string) float64 {
+// metricValue reads the series of a gauge or counter whose labels include the given
+// ones from the agent's registry; 0 and false when there is none.
+func metricValue(t *testing.T, h *harness, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
 	mfs, err := h.m.Registry.Gather()
 	if err != nil {
@@ -135,40 +136,21 @@ func metricValue(t *testing.T, h *harness, name, container string) float64 {
 		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "container" && l.GetValue() == container {
-					return m.GetGauge().GetValue()
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue series
 				}
 			}
+			return m.GetGauge().GetValue() + m.GetCounter().GetValue(), true
 		}
 	}
-	t.Fatalf("no %s series for %s", name, container)
-	return 0
-}
-
-// counterValue is a container's counter with the given reason, 0 when it has none.
-func counterValue(t *testing.T, h *harness, name, container, reason string) float64 {
-	t.Helper()
-	mfs, err := h.m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["container"] == container && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return 0, false
 }
 
 func TestIntegrationContainerdDaemonRestartLosesNothing(t *testing.T) {
@@ -502,7 +484,7 @@ func TestIntegrationContainerdOwnedContainerDeletedIsCreatedAgain(t *testing.T) 
 	if n := h.logs.FilterMessage("container deleted outside the agent; it is created again per its restart policy").Len(); n != 1 {
 		t.Errorf("%d log lines for the deletion:\n%s", n, h.logTail())
 	}
-	if got := counterValue(t, h, "probe_agent_container_restarts_total", "model", "deleted"); got != 1 {
+	if got, _ := metricValue(t, h, "probe_agent_container_restarts_total", map[string]string{"container": "model", "reason": "deleted"}); got != 1 {
 		t.Errorf("restarts counted under deleted: %v, want 1", got)
 	}
 }

@@ -3,19 +3,17 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testproc"
 )
 
 // agentProcess runs the probe-agent command as a process of its own on the process
@@ -63,24 +61,6 @@ func containers(addr string) []map[string]any {
 	return list
 }
 
-// sleepPIDs returns the live processes whose command line is "sleep <arg>".
-func sleepPIDs(arg string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if string(cmdline) == "sleep\x00"+arg+"\x00" && !strings.Contains(string(stat), ") Z ") {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // TestProcessRuntimeAgentKilledAndRestarted: the process runtime keeps its promises
 // across an agent killed with SIGKILL. What the dead agent's container started is
 // killed by the next agent on the same state dir; restart counts carry on; instance
@@ -88,7 +68,7 @@ func sleepPIDs(arg string) []int {
 func TestProcessRuntimeAgentKilledAndRestarted(t *testing.T) {
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
-	a, b := strconv.Itoa(100000+rand.IntN(900000)), strconv.Itoa(100000+rand.IntN(900000))
+	a, b := testproc.UniqueSleep(), testproc.UniqueSleep()
 	once := filepath.Join(dir, "once")
 	cfg := filepath.Join(dir, "service.json")
 	// The container's liveness fails once, so that it has been restarted once; each
@@ -104,7 +84,7 @@ func TestProcessRuntimeAgentKilledAndRestarted(t *testing.T) {
 	await.Until(t, 20*time.Second, "restarted once, running, its sleeps up", func() bool {
 		list = containers(addr)
 		return len(list) == 1 && list[0]["restart_count"] == 1.0 && list[0]["state"] == "running" &&
-			len(sleepPIDs(a)) == 1 && len(sleepPIDs(b)) == 1
+			len(testproc.Find("sleep", a)) == 1 && len(testproc.Find("sleep", b)) == 1
 	}, func() string { return fmt.Sprint(list) })
 	firstID := list[0]["id"]
 	// The state is written within 200 ms of a change; kill the agent once it is.
@@ -117,13 +97,13 @@ func TestProcessRuntimeAgentKilledAndRestarted(t *testing.T) {
 		data, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
 		return err == nil && json.Unmarshal(data, &s) == nil && s.Containers["c"].RestartCount == 1
 	})
-	orphans := append(sleepPIDs(a), sleepPIDs(b)...)
+	orphans := append(testproc.Find("sleep", a), testproc.Find("sleep", b)...)
 	if err := first.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = first.Wait()
 	for _, p := range orphans {
-		if syscall.Kill(p, 0) != nil {
+		if !testproc.Alive(p) {
 			t.Fatalf("sleep %d died with the agent; this test needs it orphaned", p)
 		}
 	}
@@ -131,7 +111,7 @@ func TestProcessRuntimeAgentKilledAndRestarted(t *testing.T) {
 	_, addr = agentProcess(t, cfg, stateDir)
 	await.Until(t, 20*time.Second, "the dead agent's leftovers killed", func() bool {
 		for _, p := range orphans {
-			if syscall.Kill(p, 0) == nil && processState(p) != "Z" {
+			if testproc.Alive(p) {
 				return false
 			}
 		}
@@ -145,17 +125,4 @@ func TestProcessRuntimeAgentKilledAndRestarted(t *testing.T) {
 		t.Fatalf("after the agent restart: restart_count %v, id %v (was %v); want the count kept and a new id",
 			list[0]["restart_count"], list[0]["id"], firstID)
 	}
-}
-
-// processState is the state letter of /proc/<pid>/stat, "" when it is gone.
-func processState(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2 : i+3]
-	}
-	return ""
 }

@@ -8,36 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testproc"
 )
-
-// sleepers returns the pids of live (not zombie) processes whose command line is
-// exactly "sleep <arg>".
-func sleepers(arg string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if string(cmdline) == "sleep\x00"+arg+"\x00" && !strings.Contains(string(stat), ") Z ") {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// uniqueSleep returns a sleep argument no other process uses.
-func uniqueSleep() string { return strconv.Itoa(100000 + rand.IntN(900000)) }
 
 // escapingCommand starts a child that leaves the process group (setsid), one that
 // stays, and waits.
@@ -85,7 +62,7 @@ func TestGroupKillsEscapedDescendants(t *testing.T) {
 	t.Logf("this host's groups: %s", chosen.kind)
 	for kind, gs := range groupKinds(t) {
 		t.Run(kind, func(t *testing.T) {
-			a, b := uniqueSleep(), uniqueSleep()
+			a, b := testproc.UniqueSleep(), testproc.UniqueSleep()
 			g, err := gs.new("c")
 			if err != nil {
 				t.Fatal(err)
@@ -95,12 +72,12 @@ func TestGroupKillsEscapedDescendants(t *testing.T) {
 				t.Fatal(err)
 			}
 			go cmd.Wait() //nolint:errcheck // reaped when killed
-			await.Until(t, 5*time.Second, "both sleeps running", func() bool { return len(sleepers(a)) == 1 && len(sleepers(b)) == 1 })
+			await.Until(t, 5*time.Second, "both sleeps running", func() bool { return len(testproc.Find("sleep", a)) == 1 && len(testproc.Find("sleep", b)) == 1 })
 			if err := g.kill(); err != nil {
 				t.Fatal(err)
 			}
-			await.Until(t, 5*time.Second, "every process of the group gone", func() bool { return len(sleepers(a))+len(sleepers(b)) == 0 },
-				func() string { return fmt.Sprint(sleepers(a), sleepers(b)) })
+			await.Until(t, 5*time.Second, "every process of the group gone", func() bool { return len(testproc.Find("sleep", a))+len(testproc.Find("sleep", b)) == 0 },
+				func() string { return fmt.Sprint(testproc.Find("sleep", a), testproc.Find("sleep", b)) })
 
 			// What an agent killed with -9 leaves: a group with a process in it.
 			left, err := gs.new("c")
@@ -112,12 +89,12 @@ func TestGroupKillsEscapedDescendants(t *testing.T) {
 				t.Fatal(err)
 			}
 			go cmd.Wait() //nolint:errcheck
-			await.Until(t, 5*time.Second, "both sleeps running", func() bool { return len(sleepers(a)) == 1 && len(sleepers(b)) == 1 })
+			await.Until(t, 5*time.Second, "both sleeps running", func() bool { return len(testproc.Find("sleep", a)) == 1 && len(testproc.Find("sleep", b)) == 1 })
 			next := &groups{kind: gs.kind, root: gs.root, home: gs.home, named: true}
 			if n := next.killLeftovers(); n != 1 {
 				t.Errorf("%d groups left behind found, want 1", n)
 			}
-			await.Until(t, 5*time.Second, "the leftovers killed", func() bool { return len(sleepers(a))+len(sleepers(b)) == 0 })
+			await.Until(t, 5*time.Second, "the leftovers killed", func() bool { return len(testproc.Find("sleep", a))+len(testproc.Find("sleep", b)) == 0 })
 		})
 	}
 }
@@ -131,7 +108,7 @@ func TestExecKillsWhatTheProbeLeft(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gs.close()
-	a := uniqueSleep()
+	a := testproc.UniqueSleep()
 	tg := &Target{Env: os.Environ(), groups: gs}
 	// The probe exits once its child is in a session of its own.
 	flag := filepath.Join(t.TempDir(), "in-own-session")
@@ -140,7 +117,7 @@ func TestExecKillsWhatTheProbeLeft(t *testing.T) {
 	if code != 0 || err != nil {
 		t.Fatalf("exec: %d %v", code, err)
 	}
-	if left := sleepers(a); len(left) != 0 {
+	if left := testproc.Find("sleep", a); len(left) != 0 {
 		for _, p := range left {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
