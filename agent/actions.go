@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/probe-agent/probe-agent/kube"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/service"
@@ -28,6 +30,10 @@ func (a *Agent) handleTransition(tr prober.Transition) {
 		zap.String("from", tr.From.String()), zap.String("to", tr.To.String()),
 		zap.Int("consecutive", tr.Consecutive), zap.Int("threshold", tr.Threshold),
 		zap.String("output", tr.Result.Output))...)
+	if tr.To == prober.ValueFailure {
+		a.event(cs, kube.Warning, "Unhealthy", "Probe", fmt.Sprintf("container %s: %s probe (%s) failed %d times in a row (threshold %d): %s",
+			cs.c.Container, tr.Type, tr.Method, tr.Consecutive, tr.Threshold, tr.Result.Output))
+	}
 	if tr.To == prober.ValueFailure && (tr.Type == service.Liveness || tr.Type == service.Startup) && cs.state == StateRunning {
 		a.stop(cs, tr.Type)
 	}
@@ -55,6 +61,8 @@ func (a *Agent) stop(cs *containerState, by service.ProbeType) {
 	}
 	a.log.Warn(action, append(a.fields(cs), zap.String("reason", by.String()+" probe failed"),
 		zap.Duration("grace_period", grace))...)
+	a.event(cs, kube.Normal, "Killing", "Stop", fmt.Sprintf("Stopping container %s: %s probe failed; grace period %v",
+		cs.c.Container, by, grace))
 	name, ctx := cs.c.Name, a.runCtx
 	a.pending.Add(1)
 	go func() {

@@ -54,11 +54,15 @@ type Options struct {
 	// GPUReadiness takes readiness away from a container while one of its GPUs is
 	// Unhealthy (Unknown never does).
 	GPUReadiness bool
+	// Kubernetes, when set, takes verdicts to the API server: readiness gates, Events,
+	// the node's GPU condition.
+	Kubernetes Kubernetes
 }
 
 // Agent runs probes against a runtime's containers and acts on their results.
 type Agent struct {
 	opts Options
+	kube Kubernetes
 	rt   runtime.Runtime
 	mgr  *prober.Manager
 	log  *zap.Logger
@@ -148,7 +152,7 @@ func New(opts Options) *Agent {
 	if opts.GracePeriod <= 0 {
 		opts.GracePeriod = 30 * time.Second
 	}
-	a := &Agent{opts: opts, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{},
+	a := &Agent{opts: opts, kube: opts.Kubernetes, rt: opts.Runtime, log: opts.Logger, m: opts.Metrics, ctrs: map[string]*containerState{},
 		gpus: map[string]gpu.Status{}, gpuMon: opts.GPU, unavailable: opts.GPUUnavailable, attach: make(chan *gpu.Monitor, 1), saveNow: make(chan struct{}, 1)}
 	po := opts.Prober
 	po.Logger = opts.Logger
@@ -233,6 +237,10 @@ func (a *Agent) loop(ctx context.Context, r *run) error {
 	defer beat.Stop()
 	var buf []prober.Transition
 	a.loopBeat.Store(time.Now().UnixNano())
+	a.mu.Lock()
+	a.nodeGPU()
+	a.mu.Unlock()
+	synced := a.kube == nil
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,6 +267,12 @@ func (a *Agent) loop(ctx context.Context, r *run) error {
 		case <-beat.C:
 		}
 		a.loopBeat.Store(time.Now().UnixNano())
+		if !synced && a.rt.Connected() && len(r.events) == 0 {
+			// Saved state restored and the runtime's first listing taken: the
+			// Kubernetes side may write conditions now without a flip on the way.
+			synced = true
+			a.kube.SetSynced()
+		}
 	}
 }
 

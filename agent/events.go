@@ -147,6 +147,7 @@ func (a *Agent) removed(name string, cs *containerState) {
 		a.pending.Done()
 	}
 	delete(a.ctrs, name)
+	a.publishPod(cs) // the pod's other containers, or none
 	a.log.Info("container removed", a.fields(cs)...)
 	if a.m != nil {
 		a.m.DeleteContainer(metricsName(cs))

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/kube"
 )
 
 // ContainerGPU is one GPU of a container in the status API.
@@ -43,6 +44,7 @@ func (a *Agent) attached(mon *gpu.Monitor) {
 	for _, cs := range a.ctrs {
 		a.resolveGPUs(cs)
 	}
+	a.nodeGPU()
 }
 
 // resolveGPUs maps the container's GPU request onto the node's GPUs; called with a.mu
@@ -84,6 +86,7 @@ func (a *Agent) gpuChanged() {
 		a.checkGPUs(cs)
 		a.publish(cs)
 	}
+	a.nodeGPU()
 }
 
 // checkGPUs finds the container's Unhealthy GPUs and logs when that set changes;
@@ -120,6 +123,9 @@ func (a *Agent) checkGPUs(cs *containerState) {
 	}
 	a.log.Warn("container gpu unhealthy", append(a.fields(cs), zap.Strings("gpu_uuids", bad), zap.Ints("gpu_indexes", indexes),
 		zap.Uint64s("xids", xids), zap.Strings("reasons", reasons), zap.String("readiness", readiness))...)
+	if a.opts.GPUReadiness {
+		a.event(cs, kube.Warning, "GPUUnhealthy", "TakeReadiness", "container "+cs.c.Container+": "+a.badGPUs(cs)+"; not ready until the GPU is healthy")
+	}
 }
 
 func uuids(devs []gpu.Device) []string {

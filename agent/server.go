@@ -19,6 +19,12 @@ func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 		plain(w, a.Healthy(), "agent loop not running")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if a.Ready() && a.kube != nil && !a.kube.Up() {
+			// Probing and acting go on; only what goes to the API server waits.
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Write([]byte("ok\nkubernetes: API server unreachable; readiness gates, events and the node condition wait for it\n"))
+			return
+		}
 		plain(w, a.Ready(), "runtime not reachable")
 	})
 	mux.HandleFunc("GET /v1/containers", func(w http.ResponseWriter, r *http.Request) {

@@ -131,8 +131,9 @@ func (a *Agent) probeReadiness(cs *containerState) (started, ready bool, reason 
 	return true, true, ""
 }
 
-// publish updates a container's gauges; called with a.mu held.
+// publish updates a container's gauges and its pod's verdicts; called with a.mu held.
 func (a *Agent) publish(cs *containerState) {
+	a.publishPod(cs)
 	if a.m == nil {
 		return
 	}

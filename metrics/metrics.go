@@ -30,6 +30,7 @@ type Metrics struct {
 	backoff       *prometheus.GaugeVec
 	invalid       *prometheus.GaugeVec
 	lateness      prometheus.Histogram
+	kubernetesUp  prometheus.Gauge
 }
 
 var containerLabels = []string{"namespace", "pod", "container"}
@@ -92,6 +93,23 @@ func New(version string, scheduled func() float64) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// EnableKubernetes registers probe_agent_kubernetes_up, which exists only where the
+// agent talks to an API server.
+func (m *Metrics) EnableKubernetes() {
+	m.kubernetesUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "kubernetes_up",
+		Help: "Whether the API server answered the agent's last request (1) or not (0); readiness gates, events and the node condition wait for it.",
+	})
+	m.Registry.MustRegister(m.kubernetesUp)
+}
+
+// KubernetesUp records whether the API server answered.
+func (m *Metrics) KubernetesUp(up bool) {
+	if m.kubernetesUp != nil {
+		m.kubernetesUp.Set(b2f(up))
+	}
 }
 
 // Container names a container's series.

@@ -88,6 +88,7 @@ type runFlags struct {
 	workers       int
 	maxExec       int
 	gpu           gpuFlags
+	kube          kubeFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -120,6 +121,7 @@ func newRunCmd() *cobra.Command {
 	fl.IntVar(&f.workers, "workers", 64, "network probes (http_get, tcp_socket, grpc) that may run at once")
 	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once, on workers of their own")
 	f.gpu.register(fl, true)
+	f.kube.register(fl)
 	return cmd
 }
 
@@ -207,13 +209,23 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	}
 	var a *agent.Agent
 	m := metrics.New(version, func() float64 { return float64(a.Manager().Scheduled()) })
+	kc, err := f.kube.client(log, m)
+	if err != nil {
+		return err
+	}
+	var k agent.Kubernetes
+	if kc != nil {
+		k = kc
+	}
 	a = agent.New(agent.Options{
 		Runtime: rt, Logger: log, Metrics: m,
 		Prober: prober.Options{Workers: f.workers, MaxConcurrentExec: f.maxExec,
 			Settings: prober.Settings{UserAgent: "probe-agent/" + version}},
 		Backoff: f.backoff, BackoffMax: f.backoffMax, GracePeriod: grace, StateDir: stateDir,
 		GPU: opened.mon, GPUUnavailable: opened.unavailable, GPUReadiness: f.gpu.readiness,
+		Kubernetes: k,
 	})
+
 	m.Registry.MustRegister(gpu.NewCollectorFunc(a.GPUMonitor, a.ContainerGPUs))
 	srv := serveStatus(ln, a.Handler(m.Registry), defaultHTTPLimits, log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
@@ -231,8 +243,18 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	} else {
 		late <- nil
 	}
+	kubeDone := make(chan struct{})
+	go func() {
+		defer close(kubeDone)
+		if kc != nil {
+			if err := kc.Run(ctx); err != nil {
+				log.Error("kubernetes", zap.Error(err))
+			}
+		}
+	}()
 	runErr := a.Run(ctx)
 	stopRetry()
+	<-kubeDone
 	if src := <-late; src != nil {
 		src.Close() // the agent has stopped its monitor
 	}
