@@ -10,8 +10,10 @@ import (
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/api/types"
@@ -44,6 +46,14 @@ func decodeStrict(doc []byte) (any, error) {
 		obj = &monitoringv1.ServiceMonitor{}
 	case "monitoring.coreos.com/v1 PrometheusRule":
 		obj = &monitoringv1.PrometheusRule{}
+	case "rbac.authorization.k8s.io/v1 ClusterRole":
+		obj = &rbacv1.ClusterRole{}
+	case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+		obj = &rbacv1.ClusterRoleBinding{}
+	case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy":
+		obj = &admissionv1.ValidatingAdmissionPolicy{}
+	case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding":
+		obj = &admissionv1.ValidatingAdmissionPolicyBinding{}
 	default:
 		return nil, fmt.Errorf("unexpected kind %q %q", tm.APIVersion, tm.Kind)
 	}
@@ -89,8 +99,30 @@ func find[T any](t *testing.T, objs []any) T {
 	return zero
 }
 
+// documents splits a YAML file into its documents.
+func documents(b []byte) [][]byte {
+	var out [][]byte
+	for _, d := range strings.Split("\n"+string(b), "\n---\n") {
+		if strings.TrimSpace(d) != "" {
+			out = append(out, []byte(d))
+		}
+	}
+	return out
+}
+
+// clusterScoped says which objects have no namespace.
+func clusterScoped(o any) bool {
+	switch o.(type) {
+	case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding,
+		*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding:
+		return true
+	}
+	return false
+}
+
 func TestManifestsDecodeStrictly(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(manifests, "*.yaml"))
+	objects := 1 // the dashboard ConfigMap, generated
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -111,19 +143,20 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			}
 			continue
 		}
-		if _, err := decodeStrict(b); err != nil {
-			t.Errorf("%s: %v", f, err)
+		for _, doc := range documents(b) {
+			objects++
+			if _, err := decodeStrict(doc); err != nil {
+				t.Errorf("%s: %v", f, err)
+			}
 		}
 	}
 	objs := rendered(t)
-	if len(objs) != len(files) { // every manifest plus the dashboard ConfigMap
-		t.Errorf("kustomize renders %d objects from %d files", len(objs), len(files))
+	if len(objs) != objects {
+		t.Errorf("kustomize renders %d objects; the manifests hold %d", len(objs), objects)
 	}
 	for _, o := range objs {
-		if m, ok := o.(metav1.Object); ok && m.GetNamespace() == "" {
-			if _, isNS := o.(*corev1.Namespace); !isNS {
-				t.Errorf("%s has no namespace", m.GetName())
-			}
+		if m, ok := o.(metav1.Object); ok && m.GetNamespace() == "" && !clusterScoped(o) {
+			t.Errorf("%s has no namespace", m.GetName())
 		}
 	}
 }
