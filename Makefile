@@ -12,7 +12,7 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=no_dynamic_plugins)
 DOCKER   ?= docker
 IMAGE    ?= probe-agent:$(VERSION)
 
-.PHONY: all build run test lint unit deploy-check fuzz-smoke fuzz bench bench-quick image clean
+.PHONY: all build run test lint unit deploy-check test-k8s fuzz-smoke fuzz bench bench-quick image clean
 
 all: build
 
@@ -24,8 +24,8 @@ build:
 run: build
 	./bin/probe-agent run --config testdata/service.json --log-format console --state-dir bin/state
 
-## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, tests without cgo, the deployment checks, fuzz smoke, both builds.
-test: lint unit deploy-check fuzz-smoke
+## test: every check and test: formatting, vet, staticcheck, tidy modules, race tests, tests without cgo, the deployment checks, the Kubernetes end-to-end tests, fuzz smoke, both builds.
+test: lint unit deploy-check test-k8s fuzz-smoke
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=1 $(GO) build ./...
 
@@ -37,6 +37,7 @@ lint:
 	$(GO) mod tidy -diff
 	cd bench && $(GO) vet ./... && $(GO) mod tidy -diff
 	cd deploy && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./... && $(GO) mod tidy -diff
+	cd e2e && $(GO) vet ./... && $(GO) mod tidy -diff
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -47,6 +48,10 @@ unit:
 ## deploy-check: the Dockerfile's build, the Kubernetes manifests, alert rules and dashboard (module deploy/).
 deploy-check:
 	cd deploy && $(GO) test -count=1 ./...
+
+## test-k8s: the agent against a real kube-apiserver, etcd, RBAC, the shipped admission policy and the EndpointSlice controller (module e2e/; containers through a private containerd's CRI, so root).
+test-k8s:
+	cd e2e && $(GO) test -count=1 -timeout 20m ./...
 
 # Budgets in executions, not seconds: Go 1.26's fuzz coordinator can fail a run with
 # "context deadline exceeded" when a -fuzztime duration ends (go.dev/issue/75804).
