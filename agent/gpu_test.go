@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/gpu/gputest"
 	"github.com/probe-agent/probe-agent/internal/await"
 )
 
@@ -31,47 +30,14 @@ type gpuNode interface {
 }
 
 // fakeNode is an 8-GPU node without NVML.
-type fakeNode struct {
-	mu     sync.Mutex
-	devs   []gpu.Device
-	ecc    []uint64
-	events chan gpu.Event
-}
+type fakeNode struct{ *gputest.Node }
 
-func newFakeNode() *fakeNode {
-	n := &fakeNode{events: make(chan gpu.Event, 16)}
-	for i := range 8 {
-		n.devs = append(n.devs, gpu.Device{Index: i, Minor: i, Name: "NVIDIA H100 80GB HBM3",
-			UUID: fmt.Sprintf("GPU-8a6f1e2c-0b3d-4c5e-9f70-%012d", i)})
-		n.ecc = append(n.ecc, 5)
-	}
-	return n
-}
+func newFakeNode() fakeNode { return fakeNode{gputest.New(8)} }
 
-func (n *fakeNode) source(*testing.T) gpu.Source { return n }
-func (n *fakeNode) uuid(i int) string            { return n.devs[i].UUID }
-func (n *fakeNode) xid(i int, xid uint64) {
-	n.events <- gpu.Event{UUID: n.devs[i].UUID, Kind: gpu.EventXID, XID: xid, GI: gpu.NoInstance, CI: gpu.NoInstance, At: time.Now()}
-}
-func (n *fakeNode) reset(i int) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.ecc[i] = 0
-}
-func (n *fakeNode) Devices() []gpu.Device    { return n.devs }
-func (n *fakeNode) DriverVersion() string    { return "550.54.15" }
-func (n *fakeNode) Events() <-chan gpu.Event { return n.events }
-func (n *fakeNode) Close() error             { return nil }
-func (n *fakeNode) Sample(context.Context) ([]gpu.Sample, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	out := make([]gpu.Sample, len(n.devs))
-	for i, d := range n.devs {
-		out[i] = gpu.Sample{UUID: d.UUID, At: time.Now(), TempC: gpu.Some[uint32](40), ECCCorrVolatile: gpu.Some(n.ecc[i]),
-			RecoveryAction: gpu.Some[uint32](0)}
-	}
-	return out, nil
-}
+func (n fakeNode) source(*testing.T) gpu.Source { return n.Node }
+func (n fakeNode) uuid(i int) string            { return n.UUID(i) }
+func (n fakeNode) xid(i int, xid uint64)        { n.XID(i, xid) }
+func (n fakeNode) reset(i int)                  { n.Reset(i) }
 
 func TestIntegrationGPUFatalXIDTakesReadinessFromThatGPUsContainers(t *testing.T) {
 	t.Parallel()

@@ -32,12 +32,7 @@ func TestIntegrationKubernetesCRIFollowsKubeletRestarts(t *testing.T) {
 	containerdSlots <- struct{}{}
 	t.Cleanup(func() { <-containerdSlots })
 	dir := t.TempDir()
-	d := ctrdtest.Start(t, ctrdtest.WithCRI(`sandbox_image = "`+testImage+`"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "`+filepath.Join(dir, "cni")+`"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"`))
+	d := ctrdtest.Start(t, ctrdtest.WithKubeletCRI(testImage, filepath.Join(dir, "cni")))
 	client := d.Client(t)
 	rootfs := ctrdtest.Rootfs(t)
 	ctrdtest.ImportImage(t, client, "k8s.io", testImage, rootfs, []string{"/bin/sleep", "2147483647"})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/probe-agent/probe-agent/agent"
 	"github.com/probe-agent/probe-agent/gpu"
+	"github.com/probe-agent/probe-agent/gpu/gputest"
 	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/kube"
 	"github.com/probe-agent/probe-agent/metrics"
@@ -231,11 +232,11 @@ func TestKubernetes(t *testing.T) {
 	n := startNode(t)
 	agentCfg := cp.agentConfig(t, "node-1")
 	via := startProxy(t, strings.TrimPrefix(strings.TrimPrefix(cp.admin.Host, "https://"), "http://"))
-	gpus := newFakeGPUs()
+	gpus := gputest.New(4)
 	stateDir := t.TempDir()
 
 	web := &testPod{namespace: "team-a", name: "web", gate: true, checks: readinessChecks,
-		env: map[string]string{"NVIDIA_VISIBLE_DEVICES": gpus.devs[1].UUID}}
+		env: map[string]string{"NVIDIA_VISIBLE_DEVICES": gpus.UUID(1)}}
 	plain := &testPod{namespace: "team-a", name: "plain", checks: readinessChecks}
 	other := &testPod{namespace: "team-b", name: "elsewhere", gate: true}
 	n.run(t, cp, web)
@@ -275,14 +276,14 @@ func TestKubernetes(t *testing.T) {
 	})
 
 	t.Run("a GPU fault takes readiness away and sets the node condition", func(t *testing.T) {
-		gpus.xid(1, 79)
+		gpus.XID(1, 79)
 		c := cp.awaitGate(t, web, 10*time.Second, corev1.ConditionFalse, kube.ReasonGPUUnhealthy, r)
-		if !strings.Contains(c.Message, "XID 79") || !strings.Contains(c.Message, gpus.devs[1].UUID) {
+		if !strings.Contains(c.Message, "XID 79") || !strings.Contains(c.Message, gpus.UUID(1)) {
 			t.Errorf("message %q", c.Message)
 		}
 		cp.awaitNode(t, corev1.ConditionFalse, "GPUUnhealthy", "XID 79")
 		cp.awaitEndpoint(t, web, false)
-		gpus.reset(1)
+		gpus.Reset(1)
 		cp.awaitGate(t, web, 10*time.Second, corev1.ConditionTrue, kube.ReasonReady, r)
 		cp.awaitNode(t, corev1.ConditionTrue, "GPUsHealthy", "")
 	})

@@ -113,12 +113,7 @@ func startNode(t *testing.T) *node {
 	t.Helper()
 	ctrdtest.Require(t)
 	dir := t.TempDir()
-	d := ctrdtest.Start(t, ctrdtest.WithCRI(`sandbox_image = "`+busyboxImage+`"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "`+filepath.Join(dir, "cni")+`"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"`))
+	d := ctrdtest.Start(t, ctrdtest.WithKubeletCRI(busyboxImage, filepath.Join(dir, "cni")))
 	client := d.Client(t)
 	ctrdtest.ImportImage(t, client, "k8s.io", busyboxImage, ctrdtest.Rootfs(t), []string{"/bin/sleep", "2147483647"})
 	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -86,6 +86,18 @@ type config struct{ cri string }
 // [plugins."io.containerd.grpc.v1.cri"].
 func WithCRI(section string) Option { return func(c *config) { c.cri = section } }
 
+// WithKubeletCRI enables the CRI plugin as a kubelet needs it here: sandboxImage as the
+// pause image (import it yourself: nothing is pulled), CNI configuration under cniDir,
+// overlayfs, and restrict_oom_score_adj, without which runc fails on these VMs.
+func WithKubeletCRI(sandboxImage, cniDir string) Option {
+	return WithCRI(`sandbox_image = "` + sandboxImage + `"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "` + cniDir + `"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"`)
+}
+
 // Start starts a daemon under a temporary directory; it is stopped, with every
 // container it ran, when the test ends.
 func Start(t testing.TB, opts ...Option) *Daemon {
