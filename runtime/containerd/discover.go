@@ -234,11 +234,24 @@ func (r *Runtime) describe(nctx context.Context, client *containerd.Client, ns s
 	if err != nil {
 		return nil, err
 	}
-	d.process, d.c.GPUs, d.hostNet = spec.Process, gpu.FromSpec(spec), hostNetwork(spec)
-	d.c.Spec, d.c.Err, err = r.checks(nctx, client, ns, info, d.c.Identity, spec)
-	if err != nil {
-		return nil, err
+	// A Kubernetes container's pod: its sandbox, which holds the pod's annotations
+	// and network.
+	var sandbox *containers.Container
+	if info.Labels[labelCRIKind] == "container" {
+		if sandbox, err = loadSandbox(nctx, client, spec.Annotations[annotationSandbox]); err != nil {
+			return nil, fmt.Errorf("pod %s/%s: %w", d.c.Namespace, d.c.Pod, err)
+		}
 	}
+	d.process, d.c.GPUs, d.hostNet = spec.Process, gpu.FromSpec(spec), hostNetwork(spec)
+	if sandbox != nil && !d.hostNet {
+		// The pod's containers join the sandbox's network namespace by path
+		// (/proc/<sandbox pid>/ns/net); on a host-network pod that is the host's, which
+		// the sandbox's own spec says by leaving the network namespace out.
+		if sbSpec, err := readSpec(*sandbox); err == nil {
+			d.hostNet = hostNetwork(sbSpec)
+		}
+	}
+	d.c.Spec, d.c.Err = r.checks(ns, info, d.c.Identity, sandbox)
 	if d.c.Spec == nil && d.c.Err == nil {
 		return nil, nil
 	}
@@ -298,27 +311,27 @@ func hostNetwork(spec *oci.Spec) bool {
 }
 
 // checks finds a container's checks: --config by name, then the container label, then
-// the pod annotation. checksErr is a mistake in the checks, reported for that
-// container; err means containerd could not be asked.
-func (r *Runtime) checks(nctx context.Context, client *containerd.Client, ns string, info containers.Container, id runtime.Identity, spec *oci.Spec) (c *service.Container, checksErr, err error) {
+// the pod annotation in its sandbox's CRI metadata. An error is a mistake in the
+// checks, reported for that container.
+func (r *Runtime) checks(ns string, info containers.Container, id runtime.Identity, sandbox *containers.Container) (*service.Container, error) {
 	opts := r.opts.ServiceOptions
 	switch cfg := r.config[id.Name]; {
 	case cfg != nil:
 		if cfg.CreatedByAgent() && (ns != OwnedNamespace || info.Labels[LabelOwned] != "true") {
-			return nil, nil, nil // a name the agent creates, not this container
+			return nil, nil // a name the agent creates, not this container
 		}
-		return cfg, nil, nil
+		return cfg, nil
 	case info.Labels[LabelChecks] != "":
 		path := fmt.Sprintf("container %s/%s label %q", ns, info.ID, LabelChecks)
-		all, checksErr := r.parsed.get(path, info.Labels[LabelChecks], func(raw []byte) (map[string]*service.Container, error) {
+		all, err := r.parsed.get(path, info.Labels[LabelChecks], func(raw []byte) (map[string]*service.Container, error) {
 			c, err := service.ParseContainer(raw, path, opts)
 			return map[string]*service.Container{"": c}, err
 		})
-		return copyOf(all[""]), checksErr, nil
-	case info.Labels[labelCRIKind] == "container":
-		return r.podChecks(nctx, client, spec.Annotations[annotationSandbox], id, opts)
+		return copyOf(all[""]), err
+	case sandbox != nil:
+		return r.podAnnotationChecks(sandbox.Extensions, id, opts)
 	}
-	return nil, nil, nil
+	return nil, nil
 }
 
 // sandboxMetadata is the part of the CRI plugin's sandbox extension the agent reads.
@@ -330,48 +343,48 @@ type sandboxMetadata struct {
 	} `json:"Metadata"`
 }
 
-// podChecks reads the pod annotation from the sandbox container's CRI metadata. A
-// sandbox that is gone has no checks; any other error from containerd is returned as
-// err, never taken for "no checks", which would drop the container's probes.
-func (r *Runtime) podChecks(nctx context.Context, client *containerd.Client, sandboxID string, id runtime.Identity, opts service.Options) (c *service.Container, checksErr, err error) {
+// loadSandbox reads a pod sandbox's record (spec and CRI extensions). A sandbox that is
+// gone is nil; any other error from containerd is returned, never taken for "no
+// checks", which would drop the container's probes at the next reconcile.
+func loadSandbox(nctx context.Context, client *containerd.Client, sandboxID string) (*containers.Container, error) {
 	if sandboxID == "" {
-		return nil, nil, nil
+		return nil, nil
 	}
 	sb, err := client.LoadContainer(nctx, sandboxID)
 	if err == nil {
-		var exts map[string]typeurl.Any
-		if exts, err = sb.Extensions(nctx); err == nil {
-			return r.podAnnotationChecks(exts, id, opts)
+		var info containers.Container
+		if info, err = sb.Info(nctx, containerd.WithoutRefreshedMetadata); err == nil {
+			return &info, nil
 		}
 	}
 	if errdefs.IsNotFound(err) {
-		return nil, nil, nil
+		return nil, nil
 	}
-	return nil, nil, fmt.Errorf("pod %s/%s: sandbox %s: %w", id.Namespace, id.Pod, sandboxID, err)
+	return nil, fmt.Errorf("sandbox %s: %w", sandboxID, err)
 }
 
 // podAnnotationChecks parses the checks annotation out of the sandbox's extensions.
-func (r *Runtime) podAnnotationChecks(exts map[string]typeurl.Any, id runtime.Identity, opts service.Options) (*service.Container, error, error) {
+func (r *Runtime) podAnnotationChecks(exts map[string]typeurl.Any, id runtime.Identity, opts service.Options) (*service.Container, error) {
 	ext, ok := exts[sandboxMetadataExt]
 	if !ok {
-		return nil, nil, nil
+		return nil, nil
 	}
 	var md sandboxMetadata
 	if err := json.Unmarshal(ext.GetValue(), &md); err != nil {
-		return nil, fmt.Errorf("pod %s/%s: sandbox metadata: %w", id.Namespace, id.Pod, err), nil
+		return nil, fmt.Errorf("pod %s/%s: sandbox metadata: %w", id.Namespace, id.Pod, err)
 	}
 	raw, ok := md.Metadata.Config.Annotations[AnnotationChecks]
 	if !ok {
-		return nil, nil, nil
+		return nil, nil
 	}
 	path := fmt.Sprintf("pod %s/%s annotation %q", id.Namespace, id.Pod, AnnotationChecks)
 	all, err := r.parsed.get(path, raw, func(raw []byte) (map[string]*service.Container, error) {
 		return service.ParseContainers(raw, path, opts)
 	})
 	if err != nil {
-		return nil, err, nil
+		return nil, err
 	}
-	return copyOf(all[id.Container]), nil, nil
+	return copyOf(all[id.Container]), nil
 }
 
 // copyOf returns a copy of a cached container entry that its user may change.

@@ -61,26 +61,21 @@ func TestObserveConcludesNothingWhenContainerdCannotSay(t *testing.T) {
 	}
 }
 
-// A pod's checks come from its sandbox's metadata. A sandbox that is gone means no
+// A pod's checks and network come from its sandbox. A sandbox that is gone means no
 // checks; containerd failing to answer must come back as an error, never as "no
 // checks", which would unregister the container's probes at the next reconcile.
-func TestPodChecksDoNotTakeAnErrorForNoChecks(t *testing.T) {
+func TestSandboxDoesNotTakeAnErrorForNone(t *testing.T) {
 	ctrdtest.Require(t)
 	d := ctrdtest.Start(t)
 	client := d.Client(t)
-	r, err := New(Options{Address: d.Address, StateDir: t.TempDir(), RuntimeDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	nctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	id := runtime.Identity{Name: "default/web/app", Namespace: "default", Pod: "web", Container: "app"}
-	c, checksErr, err := r.podChecks(nctx, client, "no-such-sandbox", id, r.opts.ServiceOptions)
-	if c != nil || checksErr != nil || err != nil {
-		t.Fatalf("a sandbox that is gone: %v, %v, %v; want no checks and no error", c, checksErr, err)
+	sb, err := loadSandbox(nctx, client, "no-such-sandbox")
+	if sb != nil || err != nil {
+		t.Fatalf("a sandbox that is gone: %v, %v; want none and no error", sb, err)
 	}
 	d.Kill()
-	c, checksErr, err = r.podChecks(nctx, client, "some-sandbox", id, r.opts.ServiceOptions)
-	if err == nil || c != nil || checksErr != nil {
-		t.Fatalf("containerd down: %v, %v, %v; want an error", c, checksErr, err)
+	sb, err = loadSandbox(nctx, client, "some-sandbox")
+	if err == nil || sb != nil {
+		t.Fatalf("containerd down: %v, %v; want an error", sb, err)
 	}
 }
