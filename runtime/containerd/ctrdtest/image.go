@@ -22,11 +22,18 @@ import (
 // image's default command.
 func ImportImage(t testing.TB, client *containerd.Client, ns, ref, rootfs string, cmd []string) {
 	t.Helper()
+	ImportImageWithEntrypoint(t, client, ns, ref, rootfs, nil, cmd)
+}
+
+// ImportImageWithEntrypoint is ImportImage with an entrypoint, as a Dockerfile's
+// ENTRYPOINT gives one: a pod's args replace cmd, not the entrypoint.
+func ImportImageWithEntrypoint(t testing.TB, client *containerd.Client, ns, ref, rootfs string, entrypoint, cmd []string) {
+	t.Helper()
 	layer := tarDir(t, rootfs)
 	layerDigest := digest(layer)
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Cmd": cmd, "Env": []string{"PATH=/bin:/usr/bin:/sbin:/usr/sbin"}},
+		"config": map[string]any{"Entrypoint": entrypoint, "Cmd": cmd, "Env": []string{"PATH=/bin:/usr/bin:/sbin:/usr/sbin"}},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	manifest, _ := json.Marshal(map[string]any{
