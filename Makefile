@@ -12,7 +12,7 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=no_dynamic_plugins)
 DOCKER   ?= docker
 IMAGE    ?= probe-agent:$(VERSION)
 
-.PHONY: all build run test lint unit deploy-check test-k8s fuzz-smoke fuzz bench bench-quick image clean
+.PHONY: all build run test lint unit deploy-check test-k8s test-node fuzz-smoke fuzz bench bench-quick image clean
 
 all: build
 
@@ -49,9 +49,13 @@ unit:
 deploy-check:
 	cd deploy && $(GO) test -count=1 ./...
 
-## test-k8s: the agent against a real kube-apiserver, etcd, RBAC, the shipped admission policy and the EndpointSlice controller (module e2e/; containers through a private containerd's CRI, so root).
+## test-k8s: module e2e/: the agent against a real kube-apiserver, etcd, RBAC, the shipped admission policy and the EndpointSlice controller (TestKubernetes), and the node suite (TestNode); root, containerd, CNI plugins and iptables, or they are skipped (with CI set, they fail).
 test-k8s:
-	cd e2e && $(GO) test -count=1 -timeout 20m ./...
+	cd e2e && $(GO) test -count=1 -timeout 30m ./...
+
+## test-node: the node suite alone: a real kubelet on a private containerd with bridge CNI, probe-agent deployed from deploy/kubernetes.
+test-node:
+	cd e2e && $(GO) test -count=1 -timeout 20m -run TestNode -v ./...
 
 # Budgets in executions, not seconds: Go 1.26's fuzz coordinator can fail a run with
 # "context deadline exceeded" when a -fuzztime duration ends (go.dev/issue/75804).

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,9 @@ import (
 type controlPlane struct {
 	admin  *rest.Config
 	client kubernetes.Interface
+	// servingCert is the API server's self-signed serving certificate (PEM): what
+	// clients outside the test process, kubelet and pods, trust.
+	servingCert []byte
 }
 
 // The agent's identity, as deploy/kubernetes makes it.
@@ -42,6 +46,13 @@ const (
 	agentNamespace = "probe-agent"
 	agentAccount   = "probe-agent"
 )
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	_, p, _ := net.SplitHostPort(freeAddr(t))
+	port, _ := strconv.Atoi(p)
+	return port
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -79,15 +90,27 @@ func startEtcd(t *testing.T) string {
 
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
+	return startControlPlaneWith(t, nil, "node-1", "node-2")
+}
+
+// startControlPlaneWith starts a control plane with extra kube-apiserver flags and
+// creates the named Node objects (a real kubelet registers its own).
+func startControlPlaneWith(t *testing.T, flags []string, nodes ...string) *controlPlane {
+	t.Helper()
 	etcd := startEtcd(t)
 	server := kubeapiservertesting.StartTestServerOrDie(t, nil,
-		[]string{"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction"},
+		append([]string{"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction"}, flags...),
 		&storagebackend.Config{Type: "etcd3", Prefix: "/registry", Transport: storagebackend.TransportConfig{ServerList: []string{etcd}}})
 	t.Cleanup(server.TearDownFn)
 	cp := &controlPlane{admin: server.ClientConfig}
 	cp.client = kubernetes.NewForConfigOrDie(cp.admin)
+	cert, err := os.ReadFile(filepath.Join(server.TmpDir, "apiserver.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.servingCert = cert
 	ctx := context.Background()
-	for _, n := range []string{"node-1", "node-2"} {
+	for _, n := range nodes {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}
 		if _, err := cp.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
