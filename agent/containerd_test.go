@@ -477,10 +477,7 @@ func TestIntegrationContainerdOwnedContainerDeletedIsCreatedAgain(t *testing.T) 
 	if err := c.Delete(nctx, ctrd.WithSnapshotCleanup); err != nil {
 		t.Fatal(err)
 	}
-	// Creating a container right after its namesake was deleted can fail once in
-	// runc ("container with given ID already exists"); that start is retried after its
-	// back-off and counted as start_failed.
-	s := h.waitFor("model", 40*time.Second, "created again and ready", func(s ContainerStatus) bool { return s.Ready && s.RestartCount > restarts })
+	s := h.waitFor("model", 20*time.Second, "created again and ready", func(s ContainerStatus) bool { return s.Ready && s.RestartCount == restarts+1 })
 	if s.State != StateRunning {
 		t.Fatalf("status %+v", s)
 	}

@@ -135,6 +135,7 @@ state = %q
 	if err := os.WriteFile(d.config, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	d.privateRunc()
 	d.start()
 	t.Cleanup(d.cleanup)
 	return d
@@ -147,6 +148,7 @@ func (d *Daemon) start() {
 		d.t.Fatal(err)
 	}
 	d.cmd = exec.Command("containerd", "--config", d.config)
+	d.cmd.Env = append(os.Environ(), "PATH="+filepath.Join(d.Dir, "bin")+":"+os.Getenv("PATH"))
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -174,6 +176,40 @@ func (d *Daemon) start() {
 			d.t.Fatalf("containerd did not start: %v\n%s", err, d.Log())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runcWrapper runs runc with its state under this daemon's directory: the shim gives
+// runc --root /run/containerd/runc/<namespace>, shared by every containerd on the
+// machine, so two daemons running a container of the same namespace and ID, or a test
+// run killed before its cleanup, would make runc refuse the next one ("container with
+// given ID already exists").
+const runcWrapper = `#!/bin/sh
+for a do
+	shift
+	case "$prev" in --root) a="%[1]s/$(basename "$a")" ;; esac
+	case "$a" in --root=*) a="--root=%[1]s/$(basename "${a#--root=}")" ;; esac
+	set -- "$@" "$a"
+	prev=$a
+done
+exec %[2]q "$@"
+`
+
+// privateRunc puts a runc first on the daemon's PATH (the shims it starts inherit it)
+// that keeps runc's state in the daemon's directory, removed with it.
+func (d *Daemon) privateRunc() {
+	d.t.Helper()
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	bin := filepath.Join(d.Dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	script := fmt.Sprintf(runcWrapper, filepath.Join(d.Dir, "runc"), runc)
+	if err := os.WriteFile(filepath.Join(bin, "runc"), []byte(script), 0o755); err != nil {
+		d.t.Fatal(err)
 	}
 }
 
