@@ -117,13 +117,16 @@ func (h *health) set(healthy bool) {
 
 func handler(h *health) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+	healthz := func(w http.ResponseWriter, r *http.Request) {
 		if h.unhealthy.Load() {
 			http.Error(w, "model unhealthy", http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
+	}
+	mux.HandleFunc("GET /health", healthz)
+	// GET / answers as /health does, as the EAS documentation's Flask example does.
+	mux.HandleFunc("GET /{$}", healthz)
 	mux.HandleFunc("POST /{$}", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		w.Header().Set("Content-Type", "application/json")

@@ -27,11 +27,13 @@ func TestSampleServerEndpoints(t *testing.T) {
 	}{
 		{"GET", "/health", 200},
 		{"POST", "/", 200},
+		{"GET", "/", 200},
 		{"GET", "/status/503", 503},
 		{"GET", "/status/x", 400},
 		{"GET", "/redirect?to=/health", 302},
 		{"POST", "/fail", 200},
 		{"GET", "/health", 500},
+		{"GET", "/", 500},
 		{"POST", "/recover", 200},
 		{"GET", "/health", 200},
 	}
