@@ -61,12 +61,14 @@ test-node:
 # "context deadline exceeded" when a -fuzztime duration ends (go.dev/issue/75804).
 fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 300000x ./service
+	$(GO) test -run '^$$' -fuzz '^FuzzEASFields$$' -fuzztime 200000x ./service
 	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 100000x ./gpu
 	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 50000x ./gpu
 
 ## fuzz: longer fuzzing runs of the parsers (service.json, OCI specs' GPU requests, XID lists).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5m ./service
+	$(GO) test -run '^$$' -fuzz '^FuzzEASFields$$' -fuzztime 2m ./service
 	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 2m ./gpu
 	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 1m ./gpu
 

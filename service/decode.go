@@ -195,18 +195,26 @@ var secondsType = reflect.TypeFor[Seconds]()
 // maxSeconds bounds durations so that they fit in a time.Duration with room to add.
 const maxSeconds = 365 * 24 * 3600
 
-// decode fills v from n strictly: unknown fields, duplicate keys and wrong types are
-// errors at their paths. Fields absent from n keep the value v already has, which is
-// how defaults are applied.
-func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
+// decoder fills Go values from a parsed document strictly: unknown fields, duplicate
+// keys and wrong types are errors at their paths. EAS platform fields (Schema) are
+// type-checked and listed as ignored.
+type decoder struct {
+	errs ErrorList
+	// ignored lists the paths of the EAS platform fields found, in document order.
+	ignored []string
+}
+
+// decode fills v from n. Fields absent from n keep the value v already has, which is
+// how defaults are applied. path is n's JSON path, pattern its Schema path.
+func (d *decoder) decode(n *node, v reflect.Value, path, pattern string) {
 	if v.Type() == secondsType {
 		if n.kind != kindNumber {
-			errs.add(path, "must be a number of seconds, got %s", n.kind)
+			d.errs.add(path, "must be a number of seconds, got %s", n.kind)
 			return
 		}
 		f, err := n.num.Float64()
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > maxSeconds {
-			errs.add(path, "%s is out of range (at most %d seconds)", clip(n.num.String()), maxSeconds)
+			d.errs.add(path, "%s is out of range (at most %d seconds)", clip(n.num.String()), maxSeconds)
 			return
 		}
 		v.SetInt(int64(f * float64(time.Second)))
@@ -221,10 +229,10 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
-		decode(n, v.Elem(), path, errs)
+		d.decode(n, v.Elem(), path, pattern)
 	case reflect.Struct:
 		if n.kind != kindObject {
-			errs.add(path, "must be an object, got %s", n.kind)
+			d.errs.add(path, "must be an object, got %s", n.kind)
 			return
 		}
 		fields := jsonFields(v.Type())
@@ -232,20 +240,20 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 		for _, m := range n.members {
 			p := join(path, m.key)
 			if seen[m.key] {
-				errs.add(p, "duplicate key")
+				d.errs.add(p, "duplicate key")
 				continue
 			}
 			seen[m.key] = true
 			i, ok := fields[m.key]
 			if !ok {
-				errs.add(p, "unknown field")
+				d.unknown(m, p, pattern)
 				continue
 			}
 			f := v.Field(i)
 			if ps, ok := v.Addr().Interface().(presetter); ok && f.Kind() == reflect.Pointer && f.IsNil() && m.val.kind != kindNull {
 				ps.presetField(m.key, f)
 			}
-			decode(m.val, f, p, errs)
+			d.decode(m.val, f, p, childPattern(pattern, m.key))
 		}
 	case reflect.Slice:
 		if n.kind == kindNull {
@@ -253,29 +261,29 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 			return
 		}
 		if n.kind != kindArray {
-			errs.add(path, "must be an array, got %s", n.kind)
+			d.errs.add(path, "must be an array, got %s", n.kind)
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.elems), len(n.elems))
 		for i, e := range n.elems {
-			decode(e, s.Index(i), path+"["+strconv.Itoa(i)+"]", errs)
+			d.decode(e, s.Index(i), path+"["+strconv.Itoa(i)+"]", pattern+"[]")
 		}
 		v.Set(s)
 	case reflect.String:
 		if n.kind != kindString {
-			errs.add(path, "must be a string, got %s", n.kind)
+			d.errs.add(path, "must be a string, got %s", n.kind)
 			return
 		}
 		v.SetString(n.str)
 	case reflect.Bool:
 		if n.kind != kindBool {
-			errs.add(path, "must be true or false, got %s", n.kind)
+			d.errs.add(path, "must be true or false, got %s", n.kind)
 			return
 		}
 		v.SetBool(n.boolean)
 	case reflect.Int:
 		if n.kind != kindNumber {
-			errs.add(path, "must be an integer, got %s", n.kind)
+			d.errs.add(path, "must be an integer, got %s", n.kind)
 			return
 		}
 		i, err := strconv.ParseInt(n.num.String(), 10, 32)
@@ -283,10 +291,10 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 			if f, ferr := n.num.Float64(); ferr == nil && f == math.Trunc(f) && math.Abs(f) < math.MaxInt32 {
 				i = int64(f)
 			} else if ferr == nil && f != math.Trunc(f) {
-				errs.add(path, "must be an integer, got %s", clip(n.num.String()))
+				d.errs.add(path, "must be an integer, got %s", clip(n.num.String()))
 				return
 			} else {
-				errs.add(path, "%s is out of range", clip(n.num.String()))
+				d.errs.add(path, "%s is out of range", clip(n.num.String()))
 				return
 			}
 		}
@@ -294,6 +302,69 @@ func decode(n *node, v reflect.Value, path string, errs *ErrorList) {
 	default:
 		panic("service: no decoder for " + v.Type().String())
 	}
+}
+
+// unknown handles a member that no Go field takes: an EAS platform field is
+// type-checked and recorded as ignored; anything else is an error, with the closest
+// known name when the key looks like a misspelling of one.
+func (d *decoder) unknown(m member, path, parent string) {
+	pattern := childPattern(parent, m.key)
+	if f := lookup(pattern); f != nil && f.Use == Ignored {
+		d.ignored = append(d.ignored, path)
+		d.platform(m.val, f, path, pattern)
+		return
+	}
+	d.unknownField(path, parent, m.key)
+}
+
+func (d *decoder) unknownField(path, parent, key string) {
+	if s := suggest(parent, key); s != "" {
+		d.errs.add(path, "unknown field; did you mean %q?", s)
+		return
+	}
+	d.errs.add(path, "unknown field")
+}
+
+// platform checks an EAS platform field's value against its schema entry f, and the
+// members and elements the schema lists below it.
+func (d *decoder) platform(n *node, f *Field, path, pattern string) {
+	if !hasType(n, f.Type) {
+		d.errs.add(path, "must be %s, got %s", strings.ReplaceAll(f.Type, "|", " or "), describe(n))
+		return
+	}
+	switch n.kind {
+	case kindObject:
+		seen := make(map[string]bool, len(n.members))
+		for _, m := range n.members {
+			p := join(path, m.key)
+			if seen[m.key] {
+				d.errs.add(p, "duplicate key")
+				continue
+			}
+			seen[m.key] = true
+			cp := childPattern(pattern, m.key)
+			if c := lookup(cp); c != nil {
+				d.platform(m.val, c, p, cp)
+			} else if !f.Open {
+				d.unknownField(p, pattern, m.key)
+			}
+		}
+	case kindArray:
+		if ef := lookup(pattern + "[]"); ef != nil {
+			for i, e := range n.elems {
+				d.platform(e, ef, path+"["+strconv.Itoa(i)+"]", pattern+"[]")
+			}
+		}
+	}
+}
+
+// describe names a value's JSON type for an error; a number says whether it has a
+// fraction.
+func describe(n *node) string {
+	if n.kind == kindNumber && !isInteger(n.num.String()) {
+		return "number " + clip(n.num.String())
+	}
+	return n.kind.String()
 }
 
 // jsonFields maps JSON keys to struct field indexes.

@@ -68,6 +68,9 @@ func (c *Container) presetField(key string, field reflect.Value) {
 // setDefaults fills in what depends on other fields: container names from the
 // service's name, then each container's defaults.
 func (s *Service) setDefaults() {
+	if s.Metadata.Name == "" {
+		s.Metadata.Name = s.Name
+	}
 	for i := range s.Containers {
 		c := &s.Containers[i]
 		if c.Name == "" && s.Metadata.Name != "" {
@@ -78,7 +81,7 @@ func (s *Service) setDefaults() {
 }
 
 // SetDefaults fills in a container's defaults that depend on its other fields: the
-// restart policy, Args from Command, and each check's port, HTTP path and scheme.
+// restart policy, Args from Command or Script, and each check's port, HTTP path and scheme.
 // Parse applies it; a container built in code calls it before Validate.
 func (c *Container) SetDefaults() {
 	if c.RestartPolicy == "" {
@@ -86,6 +89,9 @@ func (c *Container) SetDefaults() {
 	}
 	if args, err := splitCommand(c.Command); err == nil {
 		c.Args = args
+	}
+	if c.Script != "" && c.Command == "" {
+		c.Args = []string{"/bin/sh", "-c", c.Script}
 	}
 	for _, t := range ProbeTypes {
 		if ch := c.Check(t); ch != nil {

@@ -14,10 +14,11 @@ func ParseContainer(data []byte, path string, opts Options) (*Container, error) 
 		return nil, prefixErrors(path, err)
 	}
 	var c Container
-	var errs ErrorList
-	decode(root, reflect.ValueOf(&c).Elem(), path, &errs)
+	var d decoder
+	d.decode(root, reflect.ValueOf(&c).Elem(), path, "containers[]")
+	errs := d.errs
 	c.SetDefaults()
-	c.validate(path, opts, &errs)
+	c.validate(path, opts, &errs, nil)
 	if len(errs) > 0 {
 		return nil, report(errs)
 	}
@@ -44,9 +45,11 @@ func ParseContainers(data []byte, path string, opts Options) (map[string]*Contai
 			continue
 		}
 		var c Container
-		decode(m.val, reflect.ValueOf(&c).Elem(), p, &errs)
+		d := decoder{errs: errs}
+		d.decode(m.val, reflect.ValueOf(&c).Elem(), p, "containers[]")
+		errs = d.errs
 		c.SetDefaults()
-		c.validate(p, opts, &errs)
+		c.validate(p, opts, &errs, nil)
 		c.Name = m.key
 		out[m.key] = &c
 	}

@@ -8,19 +8,23 @@ import (
 
 // Parse reads a service.json document strictly, applies defaults and validates it. The
 // error, if any, is an ErrorList holding every problem found, each with its JSON path.
+// The EAS platform fields found are listed in the result's Ignored, and what loads but
+// deserves a word in its Warnings.
 func Parse(data []byte, opts Options) (*Service, error) {
 	root, err := parseTree(data)
 	if err != nil {
 		return nil, err
 	}
 	var s Service
-	var errs ErrorList
-	decode(root, reflect.ValueOf(&s).Elem(), "", &errs)
+	var d decoder
+	d.decode(root, reflect.ValueOf(&s).Elem(), "", "")
+	errs := d.errs
 	s.setDefaults()
-	s.validate(opts, &errs)
+	s.validate(opts, &errs, &s.Warnings)
 	if len(errs) > 0 {
 		return nil, report(errs)
 	}
+	s.Ignored = d.ignored
 	return &s, nil
 }
 

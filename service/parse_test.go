@@ -17,11 +17,11 @@ func TestParseEASExampleUnchanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Metadata.Name != "flask_demo" || s.Metadata.Instance != 1 || !s.Metadata.EnableWebservice {
+	if s.Metadata.Name != "flask_demo" {
 		t.Errorf("metadata = %+v", s.Metadata)
 	}
-	if s.Cloud == nil || s.Cloud.Computing.InstanceType != "ecs.gn7i-c8g1.2xlarge" {
-		t.Errorf("cloud = %+v", s.Cloud)
+	if want := []string{"metadata.instance", "metadata.enable_webservice", "cloud"}; !reflect.DeepEqual(s.Ignored, want) {
+		t.Errorf("ignored = %q, want %q", s.Ignored, want)
 	}
 	c := s.Containers[0]
 	if c.Name != "flask_demo-0" {
@@ -133,7 +133,6 @@ func TestValidationRules(t *testing.T) {
 		{"zero failure threshold", wrap(`{"command":"a","readiness_check":{` + tcp + `,"failure_threshold":0}}`), "containers[0].readiness_check.failure_threshold", "at least 1", Options{}},
 		{"zero success threshold", wrap(`{"command":"a","readiness_check":{` + tcp + `,"success_threshold":0}}`), "containers[0].readiness_check.success_threshold", "at least 1", Options{}},
 		{"fractional threshold", wrap(`{"command":"a","readiness_check":{` + tcp + `,"failure_threshold":1.5}}`), "containers[0].readiness_check.failure_threshold", "must be an integer", Options{}},
-		{"liveness success threshold", wrap(`{"command":"a","liveness_check":{` + tcp + `,"success_threshold":2}}`), "containers[0].liveness_check.success_threshold", "must be 1 for liveness", Options{}},
 		{"negative delay", wrap(`{"command":"a","startup_check":{` + tcp + `,"initial_delay_seconds":-1}}`), "containers[0].startup_check.initial_delay_seconds", "must not be negative", Options{}},
 		{"huge delay", wrap(`{"command":"a","startup_check":{` + tcp + `,"initial_delay_seconds":1e300}}`), "containers[0].startup_check.initial_delay_seconds", "out of range", Options{}},
 		{"empty exec", wrap(`{"command":"a","liveness_check":{"exec":{"command":[]}}}`), "containers[0].liveness_check.exec.command", "must name a command", Options{}},
@@ -153,8 +152,16 @@ func TestValidationRules(t *testing.T) {
 		{"bad env name", wrap(`{"command":"a","env":[{"name":"1X","value":""}]}`), "containers[0].env[0].name", "not a valid environment", Options{}},
 		{"grace on readiness", wrap(`{"command":"a","readiness_check":{` + tcp + `,"termination_grace_period_seconds":3}}`), "containers[0].readiness_check.termination_grace_period_seconds", "not allowed", Options{}},
 		{"zero grace", wrap(`{"command":"a","liveness_check":{` + tcp + `,"termination_grace_period_seconds":0}}`), "containers[0].liveness_check.termination_grace_period_seconds", "must be positive", Options{}},
-		{"no containers", `{"metadata":{"name":"s"},"containers":[]}`, "containers", "at least one", Options{}},
-		{"no name", `{"metadata":{},"containers":[{"command":"a"}]}`, "metadata.name", "required", Options{}},
+		{"misspelt check", wrap(`{"command":"a","readiness_chek":{` + tcp + `}}`), "containers[0].readiness_chek", `unknown field; did you mean "readiness_check"?`, Options{}},
+		{"camel-case timing", wrap(`{"command":"a","liveness_check":{` + tcp + `,"periodSeconds":1}}`), "containers[0].liveness_check.periodSeconds", `did you mean "period_seconds"?`, Options{}},
+		{"misspelt platform field", `{"metadata":{"name":"s","memroy":4000},"containers":[{"command":"a"}]}`, "metadata.memroy", `did you mean "memory"?`, Options{}},
+		{"command and script", wrap(`{"command":"a","script":"b && c"}`), "containers[0].script", "set command or script, not both", Options{}},
+		{"platform field type", `{"metadata":{"name":"s","cpu":"two"},"containers":[{"command":"a"}]}`, "metadata.cpu", "must be number, got string", Options{}},
+		{"platform integer", `{"metadata":{"name":"s","memory":1.5},"containers":[{"command":"a"}]}`, "metadata.memory", "must be integer, got number 1.5", Options{}},
+		{"platform array element", `{"metadata":{"name":"s"},"cloud":{"computing":{"instances":[{"type":1}]}},"containers":[{"command":"a"}]}`, "cloud.computing.instances[0].type", "must be string, got number", Options{}},
+		{"unknown in a platform section", `{"metadata":{"name":"s"},"cloud":{"computing":{"instance_typ":"x"}},"containers":[{"command":"a"}]}`, "cloud.computing.instance_typ", `did you mean "instance_type"?`, Options{}},
+		{"platform duplicate key", `{"metadata":{"name":"s"},"storage":[{"mount_path":"/a","mount_path":"/b"}],"containers":[{"command":"a"}]}`, "storage[0].mount_path", "duplicate key", Options{}},
+		{"no name", `{"metadata":{},"containers":[{"command":"a"}]}`, "metadata.name", "required (or the top-level name", Options{}},
 		{"top level not object", `[1,2]`, "", "must be an object", Options{}},
 	}
 	for _, tc := range cases {
@@ -256,7 +263,8 @@ func TestValidateChangesNothing(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("../testdata/*.json")
-	for _, name := range files {
+	eas, _ := filepath.Glob("../testdata/eas/*.json")
+	for _, name := range append(files, eas...) {
 		data, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
@@ -273,8 +281,8 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if len(s.Containers) == 0 {
-			t.Fatal("valid service without containers")
+		if len(s.Containers) == 0 && (len(s.Warnings) == 0 || s.Warnings[0].Path != "containers") {
+			t.Fatalf("a service without containers, without the warning: %v", s.Warnings)
 		}
 		for _, c := range s.Containers {
 			if c.Name == "" {
@@ -394,5 +402,49 @@ func BenchmarkManyErrors(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/error")
 		})
+	}
+}
+
+func TestWarningsLoad(t *testing.T) {
+	t.Parallel()
+	s, err := Parse([]byte(wrap(`{"command":"a","liveness_check":{"tcp_socket":{"port":8000},"success_threshold":2},
+		"startup_check":{"tcp_socket":{"port":8000},"success_threshold":3},"readiness_check":{"tcp_socket":{"port":8000},"success_threshold":2}}`)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, w := range s.Warnings {
+		got = append(got, w.Path)
+	}
+	if want := []string{"containers[0].liveness_check.success_threshold", "containers[0].startup_check.success_threshold"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("warnings at %q, want %q:\n%v", got, want, s.Warnings)
+	}
+	if !strings.Contains(s.Warnings[0].Msg, "Kubernetes requires 1 here") {
+		t.Errorf("warning %q", s.Warnings[0])
+	}
+	if s.Containers[0].LivenessCheck.SuccessThreshold != 2 {
+		t.Errorf("success threshold not honoured as written: %+v", s.Containers[0].LivenessCheck)
+	}
+
+	s, err = Parse([]byte(`{"name":"processor_demo","processor":"tensorflow_cpu_1.15","model_path":"oss://b/m/","metadata":{"instance":1,"cpu":1}}`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Metadata.Name != "processor_demo" || len(s.Warnings) != 1 || s.Warnings[0].Path != "containers" {
+		t.Errorf("processor-style file: name %q, warnings %v", s.Metadata.Name, s.Warnings)
+	}
+	if want := []string{"processor", "model_path", "metadata.instance", "metadata.cpu"}; !reflect.DeepEqual(s.Ignored, want) {
+		t.Errorf("ignored %q, want %q", s.Ignored, want)
+	}
+}
+
+func TestScriptRunsThroughAShell(t *testing.T) {
+	t.Parallel()
+	s, err := Parse([]byte(wrap(`{"script":"cd /app && python app.py"}`)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/bin/sh", "-c", "cd /app && python app.py"}; !reflect.DeepEqual(s.Containers[0].Args, want) {
+		t.Errorf("args %q, want %q", s.Containers[0].Args, want)
 	}
 }

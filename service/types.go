@@ -7,28 +7,26 @@ import (
 	"time"
 )
 
-// Service is one service.json document.
+// Service is one service.json document: the fields the agent uses. The EAS platform
+// fields it does not use (Schema) are checked and listed in Ignored.
 type Service struct {
-	Metadata   Metadata    `json:"metadata"`
-	Cloud      *Cloud      `json:"cloud,omitempty"`
+	Metadata Metadata `json:"metadata"`
+	// Name is the service name of a processor-style EAS file, used when
+	// Metadata.Name is empty.
+	Name       string      `json:"name,omitempty"`
 	Containers []Container `json:"containers"`
+
+	// Ignored lists the JSON paths of the EAS platform fields in the document, which
+	// the agent accepts and does not use; filled by Parse.
+	Ignored []string `json:"-"`
+	// Warnings are what the document says that loads but deserves a word (a
+	// threshold Kubernetes would refuse, nothing to probe); filled by Parse.
+	Warnings ErrorList `json:"-"`
 }
 
-// Metadata is the EAS service metadata; only Name matters to the agent.
+// Metadata is the EAS service metadata; the agent uses Name.
 type Metadata struct {
-	Name             string `json:"name"`
-	Instance         int    `json:"instance,omitempty"`
-	EnableWebservice bool   `json:"enable_webservice,omitempty"`
-}
-
-// Cloud is the EAS resource section, accepted and ignored by the agent.
-type Cloud struct {
-	Computing Computing `json:"computing"`
-}
-
-// Computing names the EAS instance type.
-type Computing struct {
-	InstanceType string `json:"instance_type,omitempty"`
+	Name string `json:"name"`
 }
 
 // Container is one container entry with its checks.
@@ -38,17 +36,21 @@ type Container struct {
 	Image string `json:"image,omitempty"`
 	// Rootfs is an extension: a root filesystem directory the containerd runtime runs
 	// the container from, with Command, Env and Port.
-	Rootfs  string   `json:"rootfs,omitempty"`
-	Env     []EnvVar `json:"env,omitempty"`
-	Command string   `json:"command,omitempty"`
-	Port    int      `json:"port,omitempty"`
+	Rootfs string   `json:"rootfs,omitempty"`
+	Env    []EnvVar `json:"env,omitempty"`
+	// Command is split into words and run without a shell.
+	Command string `json:"command,omitempty"`
+	// Script, EAS's other form of the entry command, is run by /bin/sh -c.
+	Script string `json:"script,omitempty"`
+	Port   int    `json:"port,omitempty"`
 	// RestartPolicy is an extension to the EAS format; it defaults to Always.
 	RestartPolicy  RestartPolicy `json:"restart_policy,omitempty"`
 	LivenessCheck  *Check        `json:"liveness_check,omitempty"`
 	ReadinessCheck *Check        `json:"readiness_check,omitempty"`
 	StartupCheck   *Check        `json:"startup_check,omitempty"`
 
-	// Args is Command split by shell-word rules; filled by Parse.
+	// Args is Command split by shell-word rules, or Script run by /bin/sh -c; filled
+	// by Parse.
 	Args []string `json:"-"`
 }
 

@@ -20,18 +20,19 @@ var (
 	maxLimit = 1_000_000
 )
 
-func (s *Service) validate(opts Options, errs *ErrorList) {
+// validate adds what is wrong to errs, and what loads but deserves a word to warns.
+func (s *Service) validate(opts Options, errs, warns *ErrorList) {
 	if s.Metadata.Name == "" {
-		errs.add("metadata.name", "required")
+		errs.add("metadata.name", "required (or the top-level name of a processor-style file)")
 	}
 	if len(s.Containers) == 0 {
-		errs.add("containers", "at least one container is required")
+		warns.add("containers", "none: the agent has nothing of this file's to run or probe (a processor-style service has no health checks)")
 	}
 	names := map[string]int{}
 	for i := range s.Containers {
 		c := &s.Containers[i]
 		p := "containers[" + strconv.Itoa(i) + "]"
-		c.validate(p, opts, errs)
+		c.validate(p, opts, errs, warns)
 		if c.Name == "" {
 			continue
 		}
@@ -47,14 +48,19 @@ func (s *Service) validate(opts Options, errs *ErrorList) {
 // SetDefaults. It is the check applied to every container of a service.json file.
 func (c *Container) Validate(path string, opts Options) error {
 	var errs ErrorList
-	c.validate(path, opts, &errs)
+	c.validate(path, opts, &errs, nil)
 	if len(errs) > 0 {
 		return errs
 	}
 	return nil
 }
 
-func (c *Container) validate(p string, opts Options, errs *ErrorList) {
+// validate adds what is wrong to errs, and what loads but deserves a word to warns
+// (nil: not wanted).
+func (c *Container) validate(p string, opts Options, errs, warns *ErrorList) {
+	if warns == nil {
+		warns = new(ErrorList)
+	}
 	if c.Name != "" && !nameRE.MatchString(c.Name) {
 		errs.add(p+".name", "%q is not a valid name (letters, digits, '_', '.', '-', or namespace/pod/container)", clip(c.Name))
 	}
@@ -67,6 +73,9 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 		if _, err := splitCommand(c.Command); err != nil {
 			errs.add(p+".command", "%s", err)
 		}
+	}
+	if c.Script != "" && c.Command != "" {
+		errs.add(p+".script", "set command or script, not both")
 	}
 	if c.Port != 0 {
 		validatePort(p+".port", c.Port, opts, errs)
@@ -83,7 +92,7 @@ func (c *Container) validate(p string, opts Options, errs *ErrorList) {
 		if ch := c.Check(t); ch != nil {
 			cp := p + "." + t.Field()
 			ch.validateMethod(cp, opts, errs)
-			ch.validateTiming(cp, t, errs)
+			ch.validateTiming(cp, t, errs, warns)
 		}
 	}
 }
@@ -174,7 +183,7 @@ func validateHTTPGet(p string, h *HTTPGet, opts Options, errs *ErrorList) {
 }
 
 // validateTiming checks a check's delays, durations, thresholds and grace period.
-func (c *Check) validateTiming(p string, t ProbeType, errs *ErrorList) {
+func (c *Check) validateTiming(p string, t ProbeType, errs, warns *ErrorList) {
 	if c.InitialDelaySeconds < 0 {
 		errs.add(p+".initial_delay_seconds", "must not be negative")
 	} else if c.InitialDelaySeconds > 0 && c.InitialDelaySeconds.D() < MinDuration {
@@ -198,8 +207,10 @@ func (c *Check) validateTiming(p string, t ProbeType, errs *ErrorList) {
 	}
 	threshold("success_threshold", c.SuccessThreshold)
 	threshold("failure_threshold", c.FailureThreshold)
-	if t != Readiness && c.SuccessThreshold > 1 {
-		errs.add(p+".success_threshold", "must be 1 for %s checks", t)
+	if t != Readiness && c.SuccessThreshold > 1 && c.SuccessThreshold <= maxLimit {
+		// EAS's own health-check example has one; the count is honoured as written.
+		warns.add(p+".success_threshold", "%d: Kubernetes requires 1 here; probe-agent honours it as written (%d successes in a row before the check passes; a failed %s check restarts the container anyway)",
+			c.SuccessThreshold, c.SuccessThreshold, t)
 	}
 	if g := c.TerminationGracePeriodSeconds; g != nil {
 		switch {

@@ -180,6 +180,14 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if svc != nil {
+		for _, w := range svc.Warnings {
+			log.Warn("service.json: "+w.Msg, zap.String("config", f.config), zap.String("path", w.Path))
+		}
+		if len(svc.Ignored) > 0 {
+			log.Info("service.json: EAS platform fields accepted and not used", zap.String("config", f.config), zap.Strings("paths", svc.Ignored))
+		}
+	}
 	grace := max(f.grace, agent.MinGracePeriod)
 	var rt runtime.Runtime
 	stateDir := f.stateDir
@@ -288,7 +296,7 @@ func newValidateCmd() *cobra.Command {
 			if svc == nil {
 				return errors.New("--config is required")
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d containers)\n", config, len(svc.Containers))
+			printValidated(cmd.OutOrStdout(), config, svc)
 			return nil
 		},
 	}
@@ -296,6 +304,30 @@ func newValidateCmd() *cobra.Command {
 	cmd.Flags().StringVar(&runtimeName, "runtime", "process", "runtime whose requirements apply: process or containerd")
 	cmd.Flags().IntSliceVar(&reserved, "reserved-ports", service.DefaultReservedPorts, "ports a container or check may not use")
 	return cmd
+}
+
+// printValidated writes what validate found in a file that loads: its warnings, the
+// EAS platform fields it ignores, and a count of its containers.
+func printValidated(w io.Writer, config string, svc *service.Service) {
+	for _, e := range svc.Warnings {
+		fmt.Fprintf(w, "%s: warning: %s\n", config, e)
+	}
+	for _, p := range svc.Ignored {
+		fmt.Fprintf(w, "%s: %s: %s\n", config, p, service.Ignored)
+	}
+	counts := count(len(svc.Containers), "container")
+	if len(svc.Warnings) > 0 {
+		counts += ", " + count(len(svc.Warnings), "warning")
+	}
+	fmt.Fprintf(w, "%s: ok (%s)\n", config, counts)
+}
+
+// count writes n things, "1 thing" or "2 things".
+func count(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 func newVersionCmd() *cobra.Command {
