@@ -81,6 +81,15 @@ func (a *Agent) added(ev runtime.Event) {
 	a.resolveGPUs(cs)
 	if a.m != nil {
 		a.m.SetChecksInvalid(metricsName(cs), c.Err != nil)
+		probes := map[string]string{}
+		if c.Spec != nil && c.Err == nil {
+			for _, t := range service.ProbeTypes {
+				if ch := c.Spec.Check(t); ch != nil {
+					probes[t.String()] = ch.Method()
+				}
+			}
+		}
+		a.m.ContainerKnown(metricsName(cs), probes)
 	}
 	if ev.Instance == "" {
 		a.publish(cs)

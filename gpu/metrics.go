@@ -120,7 +120,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, s := range []State{Healthy, Degraded, Unhealthy, Unknown} {
 			gauge(descHealth, b2f(st.Verdict.State == s), with(s.String())...)
 		}
-		xids := map[string]uint64{}
+		// Every known XID's series exists from the start, at 0, so that increase()
+		// counts the first one.
+		xids := make(map[string]uint64, len(xidNames)+1)
+		xids["other"] = 0
+		for x := range xidNames {
+			xids[strconv.FormatUint(x, 10)] = 0
+		}
 		for x, n := range st.XIDs {
 			name := "other"
 			if _, known := xidNames[x]; known {

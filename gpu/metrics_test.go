@@ -2,6 +2,10 @@ package gpu
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -157,10 +161,20 @@ probe_agent_gpu_temperature_threshold_celsius{gpu="0",threshold="slowdown",uuid=
 probe_agent_gpu_utilization_ratio{gpu="0",uuid="U0"} 0.3
 # HELP probe_agent_gpu_xid_errors_total XID events seen since the agent started, by XID (known numbers; others as "other").
 # TYPE probe_agent_gpu_xid_errors_total counter
-probe_agent_gpu_xid_errors_total{gpu="1",uuid="U1",xid="13"} 1
-probe_agent_gpu_xid_errors_total{gpu="1",uuid="U1",xid="79"} 2
-probe_agent_gpu_xid_errors_total{gpu="1",uuid="U1",xid="other"} 1
-`)
+XIDS`)
+	// Every known XID's series, and other's, exists on every GPU from the start.
+	var xids strings.Builder
+	seen := map[string]float64{"1/13": 1, "1/79": 2, "1/other": 1}
+	for _, d := range devs {
+		for _, x := range append(slices.Collect(maps.Keys(xidNames)), 0) {
+			name := strconv.FormatUint(x, 10)
+			if x == 0 {
+				name = "other"
+			}
+			fmt.Fprintf(&xids, "probe_agent_gpu_xid_errors_total{gpu=\"%d\",uuid=\"%s\",xid=\"%s\"} %g\n", d.Index, d.UUID, name, seen[fmt.Sprint(d.Index, "/", name)])
+		}
+	}
+	want = strings.Replace(want, "XIDS", xids.String(), 1)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Fatal(err)
 	}

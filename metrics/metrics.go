@@ -140,6 +140,27 @@ func (m *Metrics) SetChecksInvalid(c Container, invalid bool) {
 	m.invalid.WithLabelValues(c.labels()...).Set(b2f(invalid))
 }
 
+// RestartReasons are the reasons restarts are counted under.
+var RestartReasons = []string{"liveness", "startup", "exited", "start_failed", "deleted"}
+
+// ProbeResults are the results probes are counted under.
+var ProbeResults = []string{"success", "failure", "error"}
+
+// ContainerKnown creates, at 0, every counter series the agent will use for a
+// container: its restarts by each reason, and its probes (probe type to method) by
+// each result. A counter that appears only at its first event hides that event from
+// increase() and rate(): the first restart would never count.
+func (m *Metrics) ContainerKnown(c Container, probes map[string]string) {
+	for _, r := range RestartReasons {
+		m.restarts.WithLabelValues(c.labels(r)...).Add(0)
+	}
+	for probeType, method := range probes {
+		for _, r := range ProbeResults {
+			m.probeTotal.WithLabelValues(c.labels(probeType, method, r)...).Add(0)
+		}
+	}
+}
+
 // Restarted counts a restart of the container for reason.
 func (m *Metrics) Restarted(c Container, reason string) {
 	m.restarts.WithLabelValues(c.labels(reason)...).Inc()

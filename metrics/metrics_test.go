@@ -89,3 +89,31 @@ func TestDeleteContainer(t *testing.T) {
 		}
 	}
 }
+
+func TestCountersStartAtZero(t *testing.T) {
+	t.Parallel()
+	m := New("test", func() float64 { return 0 })
+	c := Container{Namespace: "ns", Pod: "p", Name: "model"}
+	m.ContainerKnown(c, map[string]string{"liveness": "http_get", "readiness": "exec"})
+	want := `
+# HELP probe_agent_container_restarts_total Restarts by reason: liveness, startup (probe failures), exited, start_failed, deleted (a container of the agent's own deleted behind its back).
+# TYPE probe_agent_container_restarts_total counter
+probe_agent_container_restarts_total{container="model",namespace="ns",pod="p",reason="deleted"} 0
+probe_agent_container_restarts_total{container="model",namespace="ns",pod="p",reason="exited"} 0
+probe_agent_container_restarts_total{container="model",namespace="ns",pod="p",reason="liveness"} 1
+probe_agent_container_restarts_total{container="model",namespace="ns",pod="p",reason="start_failed"} 0
+probe_agent_container_restarts_total{container="model",namespace="ns",pod="p",reason="startup"} 0
+# HELP probe_agent_probe_total Probes run, by container, probe type, method and result (success, failure, error).
+# TYPE probe_agent_probe_total counter
+probe_agent_probe_total{container="model",method="exec",namespace="ns",pod="p",probe_type="readiness",result="error"} 0
+probe_agent_probe_total{container="model",method="exec",namespace="ns",pod="p",probe_type="readiness",result="failure"} 0
+probe_agent_probe_total{container="model",method="exec",namespace="ns",pod="p",probe_type="readiness",result="success"} 0
+probe_agent_probe_total{container="model",method="http_get",namespace="ns",pod="p",probe_type="liveness",result="error"} 0
+probe_agent_probe_total{container="model",method="http_get",namespace="ns",pod="p",probe_type="liveness",result="failure"} 0
+probe_agent_probe_total{container="model",method="http_get",namespace="ns",pod="p",probe_type="liveness",result="success"} 0
+`
+	m.Restarted(c, "liveness")
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "probe_agent_container_restarts_total", "probe_agent_probe_total"); err != nil {
+		t.Fatal(err)
+	}
+}
