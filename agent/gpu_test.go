@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,6 +176,29 @@ func gpuReadinessScenario(t *testing.T, node gpuNode) {
 	all("ready again after the reset", func(_ string, s ContainerStatus) bool { return s.Ready })
 	if h.logs.FilterMessage("container gpu healthy").Len() != 2 {
 		t.Fatalf("recovery not logged:\n%s", h.logTail())
+	}
+	promtoolCheckMetrics(t, get("/metrics"))
+}
+
+// promtoolCheckMetrics runs Prometheus's own linter on a /metrics exposition.
+func promtoolCheckMetrics(t *testing.T, exposition string) {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		msg := "promtool is needed to check the metrics (apt-get install prometheus)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Log(msg + "; not checked")
+		return
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(exposition)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+	if !strings.Contains(exposition, "probe_agent_gpu_xid_errors_total") || !strings.Contains(exposition, "probe_agent_container_restarts_total") {
+		t.Fatalf("the exposition lacks GPU or container series:\n%s", exposition)
 	}
 }
 

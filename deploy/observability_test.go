@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -143,6 +145,81 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("no alert %s", want)
 		}
 	}
+	promtoolTestRules(t, b, alerts)
+}
+
+// promtoolTestRules runs Prometheus's own rule unit tests, testdata/alerts_test.yaml,
+// against the shipped rules, and checks that each alert has a case where it fires and
+// one where it stays quiet.
+func promtoolTestRules(t *testing.T, rules []byte, alerts map[string]bool) {
+	t.Helper()
+	promtool := need(t, "promtool")
+	tests, err := os.ReadFile("testdata/alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"rules.yaml": rules, "alerts_test.yaml": tests} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(promtool, "check", "rules", "rules.yaml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check rules: %v\n%s", err, out)
+	}
+	cmd = exec.Command(promtool, "test", "rules", "alerts_test.yaml")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+	var doc struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string           `json:"alertname"`
+				ExpAlerts []map[string]any `json:"exp_alerts"`
+			} `json:"alert_rule_test"`
+		} `json:"tests"`
+	}
+	if err := yaml.Unmarshal(tests, &doc); err != nil {
+		t.Fatal(err)
+	}
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range doc.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	for a := range alerts {
+		if !fires[a] {
+			t.Errorf("testdata/alerts_test.yaml: no case where %s fires", a)
+		}
+		if !quiet[a] {
+			t.Errorf("testdata/alerts_test.yaml: no case where %s stays quiet", a)
+		}
+	}
+}
+
+// need returns the path of a program the test needs; without it the test is skipped,
+// or fails where CI is set.
+func need(t *testing.T, program string) string {
+	t.Helper()
+	p, err := exec.LookPath(program)
+	if err == nil {
+		return p
+	}
+	msg := program + " is needed (apt-get install prometheus)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
 }
 
 // dashboard is the part of Grafana's dashboard model the checks read.
