@@ -21,6 +21,7 @@ import (
 
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime/containerd"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
@@ -392,7 +393,7 @@ func TestIntegrationContainerdProbesInTheContainersNamespace(t *testing.T) {
 	t.Parallel()
 	e := containerdEnv(t)
 	client := e.daemon.Client(t)
-	hostPort := freePort(t)
+	hostPort := testsock.FreePort(t)
 	checks := func(port int) map[string]string {
 		c := fmt.Sprintf(`{"path":"/health","port":%d}`, port)
 		return map[string]string{containerd.LabelChecks: `{"liveness_check":{"http_get":` + c + `,"initial_delay_seconds":1,"period_seconds":0.2,"failure_threshold":3},

@@ -15,6 +15,7 @@ import (
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/gpu/nvml"
 	"github.com/probe-agent/probe-agent/gpu/nvml/nvmltest"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 )
 
 // mockNode is go-nvml's DGX A100 mock behind the agent's real NVML source.
@@ -50,7 +51,7 @@ func TestIntegrationNVMLLibraryNotFoundLeavesTheAgentWorking(t *testing.T) {
 	if !errors.As(err, &ie) || !ie.NoDriver() {
 		t.Fatalf("init: %v", err)
 	}
-	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t)}
+	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: testsock.FreePort(t)}
 	h := startAgent(t, e, `{"name":"c","env":[{"name":"NVIDIA_VISIBLE_DEVICES","value":"0"}],"command":`+e.server()+`,
 		"port":`+strconv.Itoa(e.port)+`,"readiness_check":{"http_get":{"path":"/health"},"period_seconds":0.1}}`, func(o *Options) {
 		o.GPUUnavailable, o.GPUReadiness = err.Error(), true

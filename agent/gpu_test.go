@@ -19,6 +19,7 @@ import (
 	"github.com/probe-agent/probe-agent/gpu"
 	"github.com/probe-agent/probe-agent/gpu/gputest"
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 )
 
 // gpuNode is a GPU node a test can break and repair: a fake source, or go-nvml's mock
@@ -56,7 +57,7 @@ func gpuReadinessScenario(t *testing.T, node gpuNode) {
 	gpuEnv := map[string]string{"on3-uuid": node.uuid(3), "on3-index": "3", "on1": node.uuid(1) + "::2"}
 	var list []string
 	for _, name := range names {
-		e.port = freePort(t)
+		e.port = testsock.FreePort(t)
 		env := ""
 		if v, ok := gpuEnv[name]; ok {
 			env = `"env":[{"name":"NVIDIA_VISIBLE_DEVICES","value":` + quote(v) + `}],`
@@ -205,7 +206,7 @@ func promtoolCheckMetrics(t *testing.T, exposition string) {
 func TestIntegrationGPUReadinessOffReportsButKeepsReady(t *testing.T) {
 	t.Parallel()
 	node := newFakeNode()
-	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t)}
+	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: testsock.FreePort(t)}
 	h := startAgent(t, e, `{"name":"c","env":[{"name":"NVIDIA_VISIBLE_DEVICES","value":"all"}],"command":`+e.server()+`,
 		"port":`+strconv.Itoa(e.port)+`,"readiness_check":{"tcp_socket":{},"period_seconds":0.1}}`, func(o *Options) {
 		o.GPU = gpu.NewMonitor(node, gpu.DefaultPolicy(), 50*time.Millisecond, o.Logger)
@@ -235,7 +236,7 @@ func TestGPUReportWithoutMonitor(t *testing.T) {
 func TestIntegrationGPUAttachedLate(t *testing.T) {
 	t.Parallel()
 	node := newFakeNode()
-	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t)}
+	e := &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: testsock.FreePort(t)}
 	h := startAgent(t, e, `{"name":"c","env":[{"name":"NVIDIA_VISIBLE_DEVICES","value":"2"}],"command":`+e.server()+`,
 		"port":`+strconv.Itoa(e.port)+`,"readiness_check":{"tcp_socket":{},"period_seconds":0.1}}`, func(o *Options) {
 		o.GPUUnavailable, o.GPUReadiness = "GPU monitoring unavailable: nvml init: ERROR_DRIVER_NOT_LOADED", true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/metrics"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
@@ -50,32 +50,6 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
-}
-
-var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{}
-)
-
-// freePort returns a port nothing listens on, never the same one twice in this test
-// binary: the kernel may hand a port that was just closed to the next caller, and the
-// parallel tests' servers must not meet.
-func freePort(t *testing.T) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !ports[p] {
-			ports[p] = true
-			return p
-		}
-	}
 }
 
 type harness struct {
@@ -115,7 +89,7 @@ var containerdSlots = make(chan struct{}, 3)
 func runtimes(t *testing.T, f func(t *testing.T, e *env)) {
 	t.Run("process", func(t *testing.T) {
 		t.Parallel()
-		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: freePort(t), grpcPort: freePort(t)})
+		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: testsock.FreePort(t), grpcPort: testsock.FreePort(t)})
 	})
 	t.Run("containerd", func(t *testing.T) {
 		t.Parallel()

@@ -3,7 +3,6 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 )
 
 // The agent's pod as Kubernetes service discovery would describe it to Prometheus.
@@ -99,16 +99,6 @@ func scrapeConfig(sm *monitoringv1.ServiceMonitor, target string, meta map[strin
 		"static_configs":  []map[string]any{{"targets": []string{target}, "labels": meta}},
 		"relabel_configs": rc,
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // startProcess runs a program until the test ends; its output is logged if the test
@@ -201,7 +191,7 @@ func TestPrometheusScrapesTheAgentAsShipped(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	agent := freeAddr(t)
+	agent := testsock.FreeAddr(t)
 	startProcess(t, agentBinary, "run", "--config", cfg, "--listen", agent, "--restart-backoff", "2s", "--gpu", "off")
 
 	scrape := scrapeConfig(sm, agent, agentPodMeta, "1s")
@@ -215,7 +205,7 @@ func TestPrometheusScrapesTheAgentAsShipped(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), promCfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	prom := freeAddr(t)
+	prom := testsock.FreeAddr(t)
 	startProcess(t, prometheus, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+prom, "--log.level=warn")
 

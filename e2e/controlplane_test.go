@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +26,7 @@ import (
 	"k8s.io/kubernetes/pkg/controller/endpointslice"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 )
 
 // controlPlane is etcd, a kube-apiserver with Node,RBAC authorization and
@@ -47,31 +46,14 @@ const (
 	agentAccount   = "probe-agent"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	_, p, _ := net.SplitHostPort(freeAddr(t))
-	port, _ := strconv.Atoi(p)
-	return port
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startEtcd(t *testing.T) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cfg.UnsafeNoFsync = true
 	cfg.LogLevel = "error"
-	client, _ := url.Parse("http://" + freeAddr(t))
-	peer, _ := url.Parse("http://" + freeAddr(t))
+	client, _ := url.Parse("http://" + testsock.FreeAddr(t))
+	peer, _ := url.Parse("http://" + testsock.FreeAddr(t))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

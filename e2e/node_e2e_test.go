@@ -25,6 +25,7 @@ import (
 	agentapi "github.com/probe-agent/probe-agent/agent"
 	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/internal/testproc"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/kube"
 )
 
@@ -83,7 +84,7 @@ func TestNode(t *testing.T) {
 
 	// Host network, serving on the host's loopback: probed from the host's network
 	// namespace, not from the agent's pod network.
-	hostPort := freePort(t)
+	hostPort := testsock.FreePort(t)
 	hostnet := cp.runPod(t, n, "team-a", "hostnet", func(p *corev1.Pod) {
 		p.Spec.HostNetwork = true
 		p.Spec.Containers[0].Args = []string{"--bind", "127.0.0.1", "--port", fmt.Sprint(hostPort)}

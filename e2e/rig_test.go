@@ -22,6 +22,7 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testsock"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
 )
 
@@ -191,7 +192,7 @@ users: [{name: kubelet, user: {token: %q}}]
 contexts: [{name: e2e, context: {cluster: e2e, user: kubelet}}]
 current-context: e2e
 `, apiserver, filepath.Join(dir, "ca.crt"), kubeletTok))
-	port, healthz := freePort(t), freePort(t)
+	port, healthz := testsock.FreePort(t), testsock.FreePort(t)
 	write("kubelet.yaml", fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
