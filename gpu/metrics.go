@@ -80,6 +80,14 @@ var (
 		{0x40, "hw_thermal_slowdown"},
 		{0x80, "hw_power_brake"},
 	}
+	// xidLabels are the xid label values of the known XIDs.
+	xidLabels = func() map[uint64]string {
+		m := make(map[uint64]string, len(xidNames))
+		for x := range xidNames {
+			m[x] = strconv.FormatUint(x, 10)
+		}
+		return m
+	}()
 	allDescs = []*prometheus.Desc{descUp, descInfo, descTemp, descTempThreshold, descPower, descEnergy, descMemUsed,
 		descMemTotal, descUtil, descMemUtil, descECC, descRemapped, descRemapPend, descRemapFail, descRetired,
 		descClockEvent, descReplays, descXID, descLastXID, descRecovery, descHealth, descNVMLErrors, descCtrGPU, descCtrHealthy}
@@ -122,17 +130,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		// Every known XID's series exists from the start, at 0, so that increase()
 		// counts the first one.
-		xids := make(map[string]uint64, len(xidNames)+1)
+		xids := make(map[string]uint64, len(xidLabels)+1)
 		xids["other"] = 0
-		for x := range xidNames {
-			xids[strconv.FormatUint(x, 10)] = 0
+		for _, label := range xidLabels {
+			xids[label] = 0
 		}
 		for x, n := range st.XIDs {
-			name := "other"
-			if _, known := xidNames[x]; known {
-				name = strconv.FormatUint(x, 10)
+			label, known := xidLabels[x]
+			if !known {
+				label = "other"
 			}
-			xids[name] += n
+			xids[label] += n
 		}
 		for x, n := range xids {
 			counter(descXID, float64(n), with(x)...)

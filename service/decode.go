@@ -236,25 +236,18 @@ func (d *decoder) decode(n *node, v reflect.Value, path, pattern string) {
 			return
 		}
 		fields := jsonFields(v.Type())
-		seen := make(map[string]bool, len(n.members))
-		for _, m := range n.members {
-			p := join(path, m.key)
-			if seen[m.key] {
-				d.errs.add(p, "duplicate key")
-				continue
-			}
-			seen[m.key] = true
+		d.members(n, path, func(m member, p string) {
 			i, ok := fields[m.key]
 			if !ok {
 				d.unknown(m, p, pattern)
-				continue
+				return
 			}
 			f := v.Field(i)
 			if ps, ok := v.Addr().Interface().(presetter); ok && f.Kind() == reflect.Pointer && f.IsNil() && m.val.kind != kindNull {
 				ps.presetField(m.key, f)
 			}
 			d.decode(m.val, f, p, childPattern(pattern, m.key))
-		}
+		})
 	case reflect.Slice:
 		if n.kind == kindNull {
 			v.SetZero()
@@ -304,6 +297,21 @@ func (d *decoder) decode(n *node, v reflect.Value, path, pattern string) {
 	}
 }
 
+// members calls fn for each member of the object n with its path; a key seen before is
+// a duplicate-key error instead.
+func (d *decoder) members(n *node, path string, fn func(m member, path string)) {
+	seen := make(map[string]bool, len(n.members))
+	for _, m := range n.members {
+		p := join(path, m.key)
+		if seen[m.key] {
+			d.errs.add(p, "duplicate key")
+			continue
+		}
+		seen[m.key] = true
+		fn(m, p)
+	}
+}
+
 // unknown handles a member that no Go field takes: an EAS platform field is
 // type-checked and recorded as ignored; anything else is an error, with the closest
 // known name when the key looks like a misspelling of one.
@@ -334,21 +342,14 @@ func (d *decoder) platform(n *node, f *Field, path, pattern string) {
 	}
 	switch n.kind {
 	case kindObject:
-		seen := make(map[string]bool, len(n.members))
-		for _, m := range n.members {
-			p := join(path, m.key)
-			if seen[m.key] {
-				d.errs.add(p, "duplicate key")
-				continue
-			}
-			seen[m.key] = true
+		d.members(n, path, func(m member, p string) {
 			cp := childPattern(pattern, m.key)
 			if c := lookup(cp); c != nil {
 				d.platform(m.val, c, p, cp)
 			} else if !f.Open {
 				d.unknownField(p, pattern, m.key)
 			}
-		}
+		})
 	case kindArray:
 		if ef := lookup(pattern + "[]"); ef != nil {
 			for i, e := range n.elems {

@@ -233,34 +233,12 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// hasType reports whether n is of the schema type typ (alternatives joined by '|').
+// hasType reports whether n is of the schema type typ (alternatives joined by '|'); the
+// schema's type names are the JSON kinds' names, plus integer.
 func hasType(n *node, typ string) bool {
 	for _, t := range strings.Split(typ, "|") {
-		switch t {
-		case "string":
-			if n.kind == kindString {
-				return true
-			}
-		case "boolean":
-			if n.kind == kindBool {
-				return true
-			}
-		case "object":
-			if n.kind == kindObject {
-				return true
-			}
-		case "array":
-			if n.kind == kindArray {
-				return true
-			}
-		case "number":
-			if n.kind == kindNumber {
-				return true
-			}
-		case "integer":
-			if n.kind == kindNumber && isInteger(n.num.String()) {
-				return true
-			}
+		if t == n.kind.String() || t == "integer" && n.kind == kindNumber && isInteger(n.num.String()) {
+			return true
 		}
 	}
 	return false

@@ -182,10 +182,10 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 	}
 	if svc != nil {
 		for _, w := range svc.Warnings {
-			log.Warn("service.json: "+w.Msg, zap.String("config", f.config), zap.String("path", w.Path))
+			log.Warn("service.json warning", zap.String("config", f.config), zap.String("path", w.Path), zap.String("warning", w.Msg))
 		}
 		if len(svc.Ignored) > 0 {
-			log.Info("service.json: EAS platform fields accepted and not used", zap.String("config", f.config), zap.Strings("paths", svc.Ignored))
+			log.Info("service.json EAS platform fields ignored", zap.String("config", f.config), zap.Strings("paths", svc.Ignored))
 		}
 	}
 	grace := max(f.grace, agent.MinGracePeriod)
