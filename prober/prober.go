@@ -132,6 +132,13 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Reset empties the buffer (a runtime that retries a command another way starts over).
+func (b *cappedBuffer) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf, b.truncated = b.buf[:0], false
+}
+
 func (b *cappedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
