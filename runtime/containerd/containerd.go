@@ -79,7 +79,10 @@ type Options struct {
 	// shim opens them by path, so it must be the same path on the host; exec probes
 	// need it writable, the state dir they never need.
 	RuntimeDir string
-	Logger     *zap.Logger
+	// NoExecRunner runs every exec probe through containerd exec (--exec-runner=off)
+	// instead of on a runner in the container (runner.go).
+	NoExecRunner bool
+	Logger       *zap.Logger
 }
 
 // Runtime is the containerd runtime.
@@ -97,6 +100,10 @@ type Runtime struct {
 	entries map[string]*entry // by name
 	ids     map[string]string // "namespace/id" -> name
 	events  chan<- runtime.Event
+
+	runners     map[string]*runners // by instance
+	runnerNotes map[string]string   // by container: the last reason logged for not using a runner
+	execPath    func(string)
 }
 
 type entry struct {
@@ -142,7 +149,8 @@ func New(opts Options) (*Runtime, error) {
 		opts.RuntimeDir = DefaultRuntimeDir
 	}
 	r := &Runtime{opts: opts, log: opts.Logger, config: map[string]*service.Container{},
-		entries: map[string]*entry{}, ids: map[string]string{}, fresh: map[string]bool{}}
+		entries: map[string]*entry{}, ids: map[string]string{}, fresh: map[string]bool{},
+		runners: map[string]*runners{}, runnerNotes: map[string]string{}}
 	if opts.Service != nil {
 		if err := Validate(opts.Service); err != nil {
 			return nil, err
@@ -153,6 +161,14 @@ func New(opts Options) (*Runtime, error) {
 		}
 	}
 	return r, nil
+}
+
+// ReportExecPaths sets what counts the path each exec probe takes, "runner" or
+// "exec"; called before Run.
+func (r *Runtime) ReportExecPaths(f func(path string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.execPath = f
 }
 
 // Connected reports whether containerd answered the last call and the event stream is up.

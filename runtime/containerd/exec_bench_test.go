@@ -3,6 +3,11 @@ package containerd
 import (
 	"bytes"
 	"context"
+	"flag"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -98,4 +103,116 @@ func BenchmarkExecAgainstBareClient(b *testing.B) {
 	b.ReportMetric(float64(agentCPU.Microseconds())/n, "agent-cpu-µs/exec")
 	b.ReportMetric(float64(bareCPU.Microseconds())/n, "bare-cpu-µs/exec")
 	b.ReportMetric(float64(agentCPU)/float64(bareCPU), "cpu-ratio")
+}
+
+var execWindow = flag.Duration("exec-window", 3*time.Second, "BenchmarkExecNodeCPU: how long each path and the idle baseline are measured per round")
+
+// nodeBusy returns the node's busy CPU time so far, from /proc/stat (every CPU, all
+// but idle and iowait).
+func nodeBusy(b *testing.B) time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: %q", line)
+	}
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is already in user
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %q", line)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100) // USER_HZ is 100 on Linux
+}
+
+// BenchmarkExecNodeCPU measures what an exec probe costs the whole node (the agent,
+// containerd, the shim, runc, the command), through the exec runner and through
+// containerd exec, one probe at a time on the same busybox container, in interleaved
+// rounds with an idle baseline each: node CPU per probe is the busy time over the
+// window less the idle rate's share, divided by the probes run. It reports both, with
+// latency percentiles and the runner's memory (resident, and of that anonymous: the
+// rest is the shell binary's pages, shared with the container's other processes).
+//
+//	go test -run '^$' -bench ExecNodeCPU -benchtime 3x ./runtime/containerd -args -exec-window 5s
+func BenchmarkExecNodeCPU(b *testing.B) {
+	d := ctrdtest.Start(b)
+	client := d.Client(b)
+	task := ctrdtest.RunContainer(b, client, "default", "node", ctrdtest.Rootfs(b), nil, "sleep", "3600")
+	var paths pathCounts
+	plain := execTarget(b, client, "default", "node", task, false, &paths)
+	runner := execTarget(b, client, "default", "node", task, true, &paths)
+	onRunner(b, runner, &paths, "true")
+	runnerPID := idleRunnerPIDs(runner)[0]
+	type result struct {
+		busy, idle time.Duration
+		n          int
+		lat        []time.Duration
+	}
+	res := map[string]*result{"runner": {}, "exec": {}}
+	var idleRate time.Duration // busy CPU per second with no probe running, from the round's idle window
+	measure := func(name string, tg *target) {
+		r := res[name]
+		t0, c0 := time.Now(), nodeBusy(b)
+		for time.Since(t0) < *execWindow {
+			s := time.Now()
+			var out capped
+			if code, err := tg.Exec(context.Background(), []string{"true"}, &out); err != nil || code != 0 {
+				b.Fatalf("%s: %d %v %s", name, code, err, out.b)
+			}
+			r.lat = append(r.lat, time.Since(s))
+			r.n++
+		}
+		r.busy += nodeBusy(b) - c0
+		plain.cleanup.Wait() // deleting the execs is part of their cost
+		wall := time.Since(t0)
+		r.idle += time.Duration(float64(idleRate) * wall.Seconds())
+	}
+	for b.Loop() {
+		t0, c0 := time.Now(), nodeBusy(b)
+		time.Sleep(*execWindow)
+		idleRate = time.Duration(float64(nodeBusy(b)-c0) / time.Since(t0).Seconds())
+		measure("exec", plain)
+		measure("runner", runner)
+	}
+	if paths.runner.Load() < int64(res["runner"].n) {
+		b.Fatalf("%d of %d runner probes went through containerd exec", int64(res["runner"].n)-paths.runner.Load(), res["runner"].n)
+	}
+	for _, name := range []string{"exec", "runner"} {
+		r := res[name]
+		slices.Sort(r.lat)
+		cpu := float64(max(r.busy-r.idle, 0).Microseconds()) / float64(r.n)
+		b.ReportMetric(cpu, name+"-node-cpu-µs/probe")
+		b.ReportMetric(float64(r.lat[len(r.lat)/2].Microseconds()), name+"-p50-µs")
+		b.ReportMetric(float64(r.lat[len(r.lat)*99/100].Microseconds()), name+"-p99-µs")
+		b.ReportMetric(float64(r.n), name+"-probes")
+	}
+	if kb, ok := statusKiB(runnerPID, "VmRSS"); ok {
+		b.ReportMetric(float64(kb), "runner-rss-KiB")
+	}
+	if kb, ok := statusKiB(runnerPID, "RssAnon"); ok {
+		b.ReportMetric(float64(kb), "runner-anon-KiB")
+	}
+}
+
+// statusKiB reads a size in kB from a process's /proc status.
+func statusKiB(pid int, field string) (int, bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n, err == nil
+		}
+	}
+	return 0, false
 }

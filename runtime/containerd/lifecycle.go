@@ -27,7 +27,51 @@ func (r *Runtime) Target(name string) (runtime.Target, error) {
 		return nil, fmt.Errorf("container %s: not running", name)
 	}
 	return &target{client: r.client, ns: e.ns, id: e.id, pid: e.pid, process: e.process, hostNet: e.hostNet,
-		fifoDir: filepath.Join(r.opts.RuntimeDir, "fifo"), cleanup: &r.cleanup}, nil
+		fifoDir: filepath.Join(r.opts.RuntimeDir, "fifo"), cleanup: &r.cleanup,
+		runners: r.runnersFor(name, e), path: r.execPath}, nil
+}
+
+// runnersFor returns the exec runners of a container's current instance, nil where
+// runners are off (--exec-runner=off, or "exec_runner": false for the container);
+// called with r.mu held.
+func (r *Runtime) runnersFor(name string, e *entry) *runners {
+	if r.opts.NoExecRunner || (e.c.Spec != nil && e.c.Spec.ExecRunner != nil && !*e.c.Spec.ExecRunner) {
+		return nil
+	}
+	s := r.runners[e.inst]
+	if s == nil {
+		s = &runners{note: func(reason string) { r.noteRunner(name, reason) }}
+		r.runners[e.inst] = s
+	}
+	return s
+}
+
+// noteRunner logs why a container's exec probes go through containerd exec, once per
+// container and reason.
+func (r *Runtime) noteRunner(name, reason string) {
+	r.mu.Lock()
+	same := r.runnerNotes[name] == reason
+	r.runnerNotes[name] = reason
+	r.mu.Unlock()
+	if !same {
+		r.log.Warn("exec probes of this container go through containerd exec", zap.String("container", name), zap.String("reason", reason))
+	}
+}
+
+// endRunners closes the runners of instances that ended (all of them when inst is "").
+func (r *Runtime) endRunners(inst string) {
+	r.mu.Lock()
+	var end []*runners
+	for k, s := range r.runners {
+		if inst == "" || k == inst {
+			end = append(end, s)
+			delete(r.runners, k)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range end {
+		s.close()
+	}
 }
 
 func (r *Runtime) lookup(name string) (*containerd.Client, string, string, error) {

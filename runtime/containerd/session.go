@@ -28,6 +28,7 @@ func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
 		}
 		r.mu.Unlock()
 	}()
+	defer r.endRunners("") // before the client closes: ending a runner is a call to containerd
 	delay := 100 * time.Millisecond
 	adopting := true
 	for ctx.Err() == nil {
@@ -116,6 +117,9 @@ func (r *Runtime) watched(ns string) bool {
 // the agent applies it to the container it names, whose next Started supersedes it.
 func (r *Runtime) send(evs []runtime.Event) {
 	for _, ev := range evs {
+		if ev.Type == runtime.Exited && ev.Instance != "" {
+			r.endRunners(ev.Instance)
+		}
 		r.events <- ev
 	}
 }

@@ -57,6 +57,8 @@ type target struct {
 	hostNet bool
 	fifoDir string
 	cleanup *sync.WaitGroup
+	runners *runners     // nil: every exec goes through containerd exec
+	path    func(string) // counts the path each exec took: "runner" or "exec"
 
 	hostOnce sync.Once
 	host     string
@@ -101,10 +103,35 @@ func execID() string {
 }
 
 // Exec runs argv inside the container with the container's own process spec (env,
-// user, working directory, capabilities). When ctx ends the exec is killed with
-// SIGKILL. Output is read until the exec exits and at most ioDrain longer; the exec is
-// deleted in the background.
+// user, working directory, capabilities): on the instance's exec runner when one is
+// idle (runner.go), else through containerd exec. A runner that fails is never the
+// probe's failure: the probe then goes through containerd exec at once.
 func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
+	if t.runners != nil {
+		if r := t.runners.get(ctx, t); r != nil {
+			code, err := r.run(ctx, argv, out, t.runners.leftovers)
+			t.runners.put(r, err)
+			if !errors.Is(err, errRunner) {
+				t.count("runner")
+				return code, err
+			}
+			resetOutput(out)
+		}
+	}
+	t.count("exec")
+	return t.containerdExec(ctx, argv, out)
+}
+
+func (t *target) count(path string) {
+	if t.path != nil {
+		t.path(path)
+	}
+}
+
+// containerdExec runs argv through containerd exec. When ctx ends the exec is killed
+// with SIGKILL. Output is read until the exec exits and at most ioDrain longer; the
+// exec is deleted in the background.
+func (t *target) containerdExec(ctx context.Context, argv []string, out io.Writer) (int, error) {
 	// The short RPCs carry no deadline (each deadline costs gRPC a timer); the probe's
 	// deadline bounds the wait for the exit below, which is where time goes.
 	nctx := namespaces.WithNamespace(context.WithoutCancel(ctx), t.ns)

@@ -1,0 +1,145 @@
+package containerd
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// What the runner needs from /proc: the processes of a container as the host sees
+// them (the agent runs in the host's PID namespace), to kill a command that timed out
+// with everything it started, and what a finished command left behind.
+
+// lastNSpid returns a process's pid in the innermost PID namespace it belongs to.
+func lastNSpid(pid int) (int, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 0 {
+				return 0, false
+			}
+			n, err := strconv.Atoi(f[len(f)-1])
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
+// children lists the children of every thread of pid.
+func children(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + task.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// childByNSpid finds the host pid of parent's child whose pid in its own namespace is
+// nsPID.
+func childByNSpid(parent, nsPID int) (int, bool) {
+	for _, c := range children(parent) {
+		if n, ok := lastNSpid(c); ok && n == nsPID {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// killTree kills pid and all its descendants. Each is stopped before its children are
+// listed, so that none can fork behind the walk; the walk is repeated until it finds
+// nothing new (a fork in flight when the stop arrived shows up on the next pass). It
+// returns false when the agent may not signal pid (EPERM: no CAP_KILL).
+func killTree(pid int) bool {
+	if err := syscall.Kill(pid, syscall.SIGSTOP); errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	seen := map[int]bool{}
+	for pass := 0; pass < 4; pass++ {
+		found := false
+		queue := []int{pid}
+		for len(queue) > 0 {
+			p := queue[0]
+			queue = queue[1:]
+			if !seen[p] {
+				seen[p], found = true, true
+				_ = syscall.Kill(p, syscall.SIGSTOP)
+			}
+			queue = append(queue, children(p)...)
+		}
+		if !found {
+			break
+		}
+	}
+	for p := range seen {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	return true
+}
+
+// killLeftovers kills the children of reaper (the container's init, to which the
+// orphans of a finished command are given) that carry the request's marker in their
+// environment, with their descendants. A child whose environment cannot be read yet
+// (it is in the middle of an execve, as the last children of a loop of "cmd &" may be)
+// is looked at again, a few times, a few milliseconds apart.
+func killLeftovers(reaper int, marker []byte) {
+	// Orphans go to the thread group leader: one file, however many threads init has.
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
+	if err != nil {
+		return
+	}
+	pending := strings.Fields(string(b))
+	for try := 0; len(pending) > 0 && try < leftoverTries; try++ {
+		if try > 0 {
+			time.Sleep(leftoverRetry)
+		}
+		var again []string
+		for _, f := range pending {
+			env, err := os.ReadFile("/proc/" + f + "/environ")
+			switch {
+			case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+			case err != nil || len(env) == 0:
+				again = append(again, f)
+			case hasEntry(env, marker):
+				if pid, err := strconv.Atoi(f); err == nil {
+					killTree(pid)
+				}
+			}
+		}
+		pending = again
+	}
+}
+
+const (
+	leftoverTries = 20
+	leftoverRetry = 5 * time.Millisecond
+)
+
+func hasEntry(env, kv []byte) bool {
+	for _, e := range bytes.Split(env, []byte{0}) {
+		if bytes.Equal(e, kv) {
+			return true
+		}
+	}
+	return false
+}

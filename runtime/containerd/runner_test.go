@@ -1,0 +1,257 @@
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/probe-agent/probe-agent/internal/await"
+)
+
+// outBuf is a probe's output buffer, as the prober gives one.
+type outBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *outBuf) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *outBuf) Reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.b.Reset()
+}
+
+func (o *outBuf) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+// shells are the POSIX shells images bring as /bin/sh that this machine has.
+func shells(t *testing.T) map[string][]string {
+	out := map[string][]string{}
+	if p, err := exec.LookPath("dash"); err == nil {
+		out["dash"] = []string{p}
+	}
+	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+		if _, err := exec.LookPath(p); err == nil {
+			out["busybox"] = []string{p, "sh"}
+			break
+		}
+	}
+	if p, err := exec.LookPath("bash"); err == nil {
+		out["bash"] = []string{p, "--posix"}
+	}
+	if len(out) == 0 {
+		t.Skip("no shell")
+	}
+	return out
+}
+
+// scriptRunner runs the runner's script in a host shell with pipes, as containerd
+// does in a container, for the protocol tests, which need no container.
+func scriptRunner(t *testing.T, shell []string) *runner {
+	t.Helper()
+	r := &runner{hello: nonce(), ready: make(chan struct{}), exited: make(chan struct{}), born: time.Now()}
+	cmd := exec.Command(shell[0], append(shell[1:], "-c", runnerScript, runnerName, r.hello)...)
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.stdin = w
+	cmd.Stdout, cmd.Stderr = r, stderrWriter{r}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.hostPID = cmd.Process.Pid
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		r.ended()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		r.close()
+		<-done
+	})
+	if err := r.waitReady(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func noLeftovers(string) {}
+
+// Every argument reaches the command as it was given: spaces, empty strings, newlines,
+// quotes, globs, dollar signs and backslashes are never interpreted.
+func TestRunnerPassesArgumentsIntact(t *testing.T) {
+	args := []string{"a b", "", "  lead", "trail  ", "x\ny", "\n", "\n\nz\n", `back\slash\n`, "$HOME", "*", "-n",
+		`'q"`, "tab\there", "ünï", "$(touch /tmp/x)", "`id`", ";exit 9", "a\r\nb"}
+	for name, sh := range shells(t) {
+		t.Run(name, func(t *testing.T) {
+			r := scriptRunner(t, sh)
+			var out outBuf
+			code, err := r.run(t.Context(), append([]string{"printf", "<%s>"}, args...), &out, noLeftovers)
+			if err != nil || code != 0 {
+				t.Fatalf("code %d, err %v, output %q", code, err, out.String())
+			}
+			var want strings.Builder
+			for _, a := range args {
+				want.WriteString("<" + a + ">")
+			}
+			if out.String() != want.String() {
+				t.Fatalf("output\n%q\nwant\n%q", out.String(), want.String())
+			}
+		})
+	}
+}
+
+// Exit statuses come through as wait reports them; a command that cannot be executed
+// is reported with runc's words, so that the output does not depend on the path.
+func TestRunnerExitStatus(t *testing.T) {
+	for name, sh := range shells(t) {
+		t.Run(name, func(t *testing.T) {
+			r := scriptRunner(t, sh)
+			for _, c := range []struct {
+				argv []string
+				code int
+				out  string
+			}{
+				{[]string{"true"}, 0, ""},
+				{[]string{"sh", "-c", "echo out; echo err >&2; exit 3"}, 3, "out\nerr\n"},
+				{[]string{"no-such-command"}, 127, `exec: "no-such-command": executable file not found in $PATH`},
+				{[]string{"/no/such/binary"}, 127, `exec: "/no/such/binary": stat /no/such/binary: no such file or directory`},
+				{[]string{"/dev/null"}, 126, `exec: "/dev/null": permission denied`},
+				{[]string{"sh", "-c", "exit 127"}, 127, ""},
+			} {
+				var out outBuf
+				code, err := r.run(t.Context(), c.argv, &out, noLeftovers)
+				if err != nil || code != c.code || !strings.Contains(out.String(), c.out) || (c.out == "" && out.String() != "") {
+					t.Errorf("%q: code %d, err %v, output %q; want %d and %q", c.argv, code, err, out.String(), c.code, c.out)
+				}
+			}
+		})
+	}
+}
+
+// A command past its deadline is killed with everything it started, its own session
+// included; the runner survives and serves the next request, and nothing the killed
+// command printed reaches the next one.
+func TestRunnerTimeoutKillsTheCommandTree(t *testing.T) {
+	for name, sh := range shells(t) {
+		t.Run(name, func(t *testing.T) {
+			r := scriptRunner(t, sh)
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			var out outBuf
+			script := `trap "" TERM; setsid sh -c 'trap "" TERM; while :; do echo tick; sleep 0.05; done' & sleep 0.1; echo $!; sleep 30`
+			start := time.Now()
+			_, err := r.run(ctx, []string{"sh", "-c", script}, &out, noLeftovers)
+			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+				t.Fatalf("err %v after %v, want the deadline", err, time.Since(start))
+			}
+			var next outBuf
+			if code, err := r.run(t.Context(), []string{"echo", "next"}, &next, noLeftovers); err != nil || code != 0 || next.String() != "next\n" {
+				t.Fatalf("next request: code %d, err %v, output %q", code, err, next.String())
+			}
+			pid := 0
+			for _, f := range strings.Fields(out.String()) {
+				if n, err := strconv.Atoi(f); err == nil {
+					pid = n
+				}
+			}
+			if pid == 0 {
+				t.Fatalf("no pid in %q", out.String())
+			}
+			await.Until(t, 5*time.Second, "the setsid child killed", func() bool { return syscall.Kill(pid, 0) != nil })
+		})
+	}
+}
+
+// A background child that keeps the output open does not hold the result back, and
+// what it prints after the result belongs to no request.
+func TestRunnerBackgroundChildDoesNotBlock(t *testing.T) {
+	for name, sh := range shells(t) {
+		t.Run(name, func(t *testing.T) {
+			r := scriptRunner(t, sh)
+			start := time.Now()
+			var out outBuf
+			code, err := r.run(t.Context(), []string{"sh", "-c", "(sleep 0.3; echo late) & echo early; exit 1"}, &out, noLeftovers)
+			if err != nil || code != 1 || time.Since(start) > 250*time.Millisecond {
+				t.Fatalf("code %d, err %v after %v; want 1 at once", code, err, time.Since(start))
+			}
+			await.Until(t, 5*time.Second, "the late line", func() bool {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return r.dropped >= len("late\n")
+			})
+			var next outBuf
+			if code, err := r.run(t.Context(), []string{"echo", "next"}, &next, noLeftovers); err != nil || code != 0 || next.String() != "next\n" {
+				t.Fatalf("next request: code %d, err %v, output %q", code, err, next.String())
+			}
+			if out.String() != "early\n" {
+				t.Fatalf("output %q", out.String())
+			}
+		})
+	}
+}
+
+// FuzzRunnerOutput feeds the stdout parser a frame around arbitrary command output,
+// with output belonging to no request before and after it, cut into writes at
+// arbitrary places: the request gets exactly its output and its exit status, whatever
+// the bytes (0x1f and newlines included), and the parser holds no more than a marker.
+func FuzzRunnerOutput(f *testing.F) {
+	f.Fuzz(func(t *testing.T, output, before, after []byte, cuts []byte, code uint8) {
+		r := &runner{hello: nonce(), ready: make(chan struct{}), exited: make(chan struct{})}
+		var out outBuf
+		c := &request{nonce: nonce(), out: &out, done: make(chan struct{})}
+		r.cur = c
+		var stream []byte
+		stream = append(stream, before...)
+		stream = fmt.Appendf(stream, "\x1f%s start\n", c.nonce)
+		half := len(output) / 2
+		stream = append(stream, output[:half]...)
+		stream = fmt.Appendf(stream, "\x1f%s pid 42\n", c.nonce)
+		stream = append(stream, output[half:]...)
+		stream = fmt.Appendf(stream, "\x1f%s exit %d\n", c.nonce, code)
+		stream = append(stream, after...)
+		for len(stream) > 0 {
+			n := len(stream)
+			if len(cuts) > 0 {
+				n = min(n, int(cuts[0])+1)
+				cuts = cuts[1:]
+			}
+			if w, err := r.Write(stream[:n]); w != n || err != nil {
+				t.Fatalf("write %d: %d %v", n, w, err)
+			}
+			stream = stream[n:]
+			if len(r.pending) >= maxMarker {
+				t.Fatalf("%d bytes pending", len(r.pending))
+			}
+		}
+		select {
+		case <-c.done:
+		default:
+			t.Fatal("the request did not end")
+		}
+		if c.err != nil || c.code != int(code) || c.pid != 42 {
+			t.Fatalf("err %v, code %d, pid %d", c.err, c.code, c.pid)
+		}
+		if out.String() != string(output) {
+			t.Fatalf("output %q, want %q", out.String(), output)
+		}
+	})
+}
