@@ -123,6 +123,7 @@ var Schema = []Field{
 	{"containers[].env[].name", "string", Used, false, "variable name"},
 	{"containers[].env[].value", "string", Used, false, "variable value"},
 	{"containers[].restart_policy", "string", Extension, false, "Always (default), OnFailure or Never"},
+	{"containers[].exec_runner", "boolean", Extension, false, "false: exec checks go through containerd exec, one runc exec per probe, instead of the agent's runner in the container"},
 	{"containers[].prepare", "object", Ignored, true, "Python packages installed before start"},
 	{"containers[].prepare.pythonRequirements", "array", Ignored, false, "Python packages"},
 	{"containers[].prepare.pythonRequirementsPath", "string", Ignored, false, "requirements file"},

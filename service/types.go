@@ -48,6 +48,10 @@ type Container struct {
 	LivenessCheck  *Check        `json:"liveness_check,omitempty"`
 	ReadinessCheck *Check        `json:"readiness_check,omitempty"`
 	StartupCheck   *Check        `json:"startup_check,omitempty"`
+	// ExecRunner false runs the container's exec checks through containerd exec, each
+	// command on its own, instead of on the agent's runner in the container (an
+	// extension; containerd runtime only).
+	ExecRunner *bool `json:"exec_runner,omitempty"`
 
 	// Args is Command split by shell-word rules, or Script run by /bin/sh -c; filled
 	// by Parse.
