@@ -158,6 +158,10 @@ func New(opts Options) *Agent {
 	po.Logger = opts.Logger
 	if a.m != nil {
 		po.Recorder = recorder{a.m}
+		if rt, ok := opts.Runtime.(execPathReporter); ok {
+			a.m.EnableExecPaths()
+			rt.ReportExecPaths(a.m.ExecPath)
+		}
 	}
 	a.mgr = prober.NewManager(po)
 	return a
@@ -165,6 +169,12 @@ func New(opts Options) *Agent {
 
 // Manager returns the agent's probe manager.
 func (a *Agent) Manager() *prober.Manager { return a.mgr }
+
+// execPathReporter is a runtime that runs exec probes more than one way and says
+// which way each went.
+type execPathReporter interface {
+	ReportExecPaths(func(path string))
+}
 
 // recorder adapts the metrics package to prober.Recorder.
 type recorder struct{ m *metrics.Metrics }

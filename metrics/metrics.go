@@ -31,6 +31,7 @@ type Metrics struct {
 	invalid       *prometheus.GaugeVec
 	lateness      prometheus.Histogram
 	kubernetesUp  prometheus.Gauge
+	execPath      *prometheus.CounterVec
 }
 
 var containerLabels = []string{"namespace", "pod", "container"}
@@ -109,6 +110,25 @@ func (m *Metrics) EnableKubernetes() {
 func (m *Metrics) KubernetesUp(up bool) {
 	if m.kubernetesUp != nil {
 		m.kubernetesUp.Set(b2f(up))
+	}
+}
+
+// EnableExecPaths registers probe_agent_exec_path_total, which exists where the runtime
+// can run exec probes two ways (containerd), with both series at 0.
+func (m *Metrics) EnableExecPaths() {
+	m.execPath = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "exec_path_total",
+		Help: "Exec probes by the path they took: runner (forked by the agent's runner in the container) or exec (one containerd exec each).",
+	}, []string{"path"})
+	m.execPath.WithLabelValues("runner").Add(0)
+	m.execPath.WithLabelValues("exec").Add(0)
+	m.Registry.MustRegister(m.execPath)
+}
+
+// ExecPath counts one exec probe by its path, "runner" or "exec".
+func (m *Metrics) ExecPath(path string) {
+	if m.execPath != nil {
+		m.execPath.WithLabelValues(path).Inc()
 	}
 }
 

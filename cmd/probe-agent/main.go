@@ -87,6 +87,7 @@ type runFlags struct {
 	logFormat     string
 	workers       int
 	maxExec       int
+	execRunner    string
 	gpu           gpuFlags
 	kube          kubeFlags
 }
@@ -119,6 +120,7 @@ func newRunCmd() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fl.IntVar(&f.workers, "workers", 64, "network probes (http_get, tcp_socket, grpc) that may run at once")
+	fl.StringVar(&f.execRunner, "exec-runner", "auto", "exec probes on containerd: auto (on a shell the agent keeps running in each container, forking each probe's command; containerd exec where it cannot) or off (one containerd exec per probe)")
 	fl.IntVar(&f.maxExec, "max-concurrent-exec", 8, "exec probes that may run at once, on workers of their own")
 	f.gpu.register(fl, true)
 	f.kube.register(fl)
@@ -176,6 +178,9 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
+	if f.execRunner != "auto" && f.execRunner != "off" {
+		return fmt.Errorf("--exec-runner: %q is not auto or off", f.execRunner)
+	}
 	svc, err := loadService(f.config, f.reservedPorts, f.runtime)
 	if err != nil {
 		return err
@@ -199,7 +204,8 @@ func runAgent(ctx context.Context, f runFlags, stderr io.Writer) error {
 		rt, err = process.New(svc, process.Options{ShutdownGrace: grace, StateDir: stateDir, Logger: log})
 	case "containerd":
 		rt, err = containerd.New(containerd.Options{Address: f.address, Namespaces: f.namespaces, Service: svc,
-			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, RuntimeDir: f.runtimeDir, Logger: log})
+			ServiceOptions: service.Options{ReservedPorts: f.reservedPorts}, StateDir: f.stateDir, RuntimeDir: f.runtimeDir,
+			NoExecRunner: f.execRunner == "off", Logger: log})
 	}
 	if err != nil {
 		return err

@@ -117,6 +117,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"run", "--config", "../../testdata/service.json", "--log-level", "loud"}, "--log-level"},
 		{[]string{"run", "--config", "../../testdata/service.json", "--listen", "256.0.0.1:1"}, "--listen"},
 		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"run", "--config", "../../testdata/service.json", "--exec-runner", "on"}, `--exec-runner: "on" is not auto or off`},
 		{[]string{"run", "--config", "../../testdata/service.json", "--gpu", "maybe"}, `--gpu: "maybe" is not auto, on or off`},
 		{[]string{"run", "--config", "../../testdata/service.json", "--gpu-xid-fatal", "79,x9"}, `"x9" is not an XID`},
 		{[]string{"gpu", "--gpu-xid-ignore", "-13"}, `"-13" is not an XID`},
