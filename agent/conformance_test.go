@@ -16,7 +16,7 @@ import (
 // exec, HTTP, TCP and gRPC checks, timeouts, startup gating and readiness.
 
 func TestIntegrationExecLivenessRestartsWhenFileVanishes(t *testing.T) {
-	runtimes(t, func(t *testing.T, e *env) {
+	execRuntimes(t, func(t *testing.T, e *env) {
 		f := e.dir + "/health"
 		h := startAgent(t, e, `{"name":"c","command":`+quote("sh -c 'touch "+f+"; sleep 0.5; rm -f "+f+"; exec sleep 600'")+`,
 			"liveness_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1}}`)
@@ -31,7 +31,7 @@ func TestIntegrationExecLivenessRestartsWhenFileVanishes(t *testing.T) {
 }
 
 func TestIntegrationExecLivenessKeepsRunningWhileFileStays(t *testing.T) {
-	runtimes(t, func(t *testing.T, e *env) {
+	execRuntimes(t, func(t *testing.T, e *env) {
 		f := e.dir + "/health"
 		h := startAgent(t, e, `{"name":"c","command":`+quote("sh -c 'touch "+f+"; exec sleep 600'")+`,
 			"liveness_check":{"exec":{"command":["cat",`+quote(f)+`]},"period_seconds":0.1,"initial_delay_seconds":0.2,"timeout_seconds":5}}`)
@@ -79,7 +79,7 @@ func TestIntegrationTCPLivenessIgnoresHTTPErrors(t *testing.T) {
 }
 
 func TestIntegrationExecLivenessTimeoutRestarts(t *testing.T) {
-	runtimes(t, func(t *testing.T, e *env) {
+	execRuntimes(t, func(t *testing.T, e *env) {
 		h := startAgent(t, e, `{"name":"c","command":"sleep 600",
 			"liveness_check":{"exec":{"command":["sleep","10"]},"timeout_seconds":0.3,"period_seconds":0.5}}`)
 		h.eventually(10*time.Second, "a restart", restarted)
@@ -90,7 +90,7 @@ func TestIntegrationExecLivenessTimeoutRestarts(t *testing.T) {
 }
 
 func TestIntegrationExecReadinessTimeoutNeverReady(t *testing.T) {
-	runtimes(t, func(t *testing.T, e *env) {
+	execRuntimes(t, func(t *testing.T, e *env) {
 		h := startAgent(t, e, `{"name":"c","command":"sleep 600",
 			"readiness_check":{"exec":{"command":["sleep","10"]},"timeout_seconds":0.2,"period_seconds":0.3,"failure_threshold":1}}`)
 		h.eventually(5*time.Second, "a probe", func(s ContainerStatus) bool { return s.Probes["readiness"].ConsecutiveFailures >= 2 })
@@ -101,7 +101,7 @@ func TestIntegrationExecReadinessTimeoutNeverReady(t *testing.T) {
 }
 
 func TestIntegrationExecBackgroundChildFailsFast(t *testing.T) {
-	runtimes(t, func(t *testing.T, e *env) {
+	execRuntimes(t, func(t *testing.T, e *env) {
 		h := startAgent(t, e, `{"name":"c","command":"sleep 600",
 			"readiness_check":{"exec":{"command":["sh","-c","sleep 10 & exit 1"]},"timeout_seconds":5,"period_seconds":0.2}}`)
 		s := h.eventually(5*time.Second, "failing probes", func(s ContainerStatus) bool {

@@ -353,8 +353,9 @@ func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
 }
 
 // An exec check whose command is missing or not executable fails like a shell would
-// (127, 126) with runc's message as its output; it is a failure of the check, not an
-// error of the probe.
+// (127, 126) with runc's message as its output, whether containerd exec ran it (the
+// first probe) or the exec runner did (the next ones); it is a failure of the check,
+// not an error of the probe.
 func TestIntegrationContainerdExecMissingCommand(t *testing.T) {
 	t.Parallel()
 	e := containerdEnv(t)
@@ -365,15 +366,18 @@ func TestIntegrationContainerdExecMissingCommand(t *testing.T) {
 		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/"]},"period_seconds":0.2}}`}, "sleep", "600")
 	h := containerdAgent(t, e, "", t.TempDir())
 	for name, want := range map[string]string{"missing": "no such file or directory", "notexec": "permission denied"} {
-		s := h.waitFor(name, 10*time.Second, "a failed readiness probe", func(s ContainerStatus) bool {
-			return s.Probes["readiness"] != nil && len(s.Probes["readiness"].History) > 0
+		s := h.waitFor(name, 10*time.Second, "failed readiness probes", func(s ContainerStatus) bool {
+			return s.Probes["readiness"] != nil && len(s.Probes["readiness"].History) >= 4
 		})
-		p := s.Probes["readiness"]
-		t.Logf("%s: %s", name, p.LastOutput)
-		if !strings.Contains(p.LastOutput, want) || p.History[len(p.History)-1].Result != "failure" {
-			t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
+		for _, p := range s.Probes["readiness"].History {
+			if !strings.Contains(p.Output, want) || !strings.Contains(p.Output, "exit code 12") || p.Result != "failure" {
+				t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
+			}
 		}
+		t.Logf("%s: %s", name, s.Probes["readiness"].LastOutput)
 	}
+	e.h = h
+	checkExecPaths(t, e)
 }
 
 // netnsChildEnv, when set, makes TestIntegrationContainerdProbesInTheContainersNamespace

@@ -71,6 +71,8 @@ type env struct {
 	grpcPort int
 	rootfs   string
 	daemon   *ctrdtest.Daemon
+	noRunner bool     // containerd: every exec probe through containerd exec (--exec-runner=off)
+	h        *harness // the agent startAgent ran
 }
 
 // server is the command line of a sample server on the env's port.
@@ -98,6 +100,40 @@ func runtimes(t *testing.T, f func(t *testing.T, e *env)) {
 		t.Cleanup(func() { <-containerdSlots })
 		f(t, newContainerdEnv(t))
 	})
+}
+
+// execRuntimes runs an exec case as runtimes does, and once more on containerd with the
+// exec runner off; on containerd it checks that the probes took the path meant.
+func execRuntimes(t *testing.T, f func(t *testing.T, e *env)) {
+	runtimes(t, func(t *testing.T, e *env) {
+		f(t, e)
+		checkExecPaths(t, e)
+	})
+	t.Run("containerd-exec", func(t *testing.T) {
+		t.Parallel()
+		ctrdtest.Require(t)
+		containerdSlots <- struct{}{}
+		t.Cleanup(func() { <-containerdSlots })
+		e := newContainerdEnv(t)
+		e.noRunner = true
+		f(t, e)
+		checkExecPaths(t, e)
+	})
+}
+
+// checkExecPaths checks probe_agent_exec_path_total: with the runner on, probes ran on
+// it; with it off, none did.
+func checkExecPaths(t *testing.T, e *env) {
+	t.Helper()
+	if e.kind != "containerd" || e.h == nil {
+		return
+	}
+	runner, _ := metricValue(t, e.h, "probe_agent_exec_path_total", map[string]string{"path": "runner"})
+	plain, _ := metricValue(t, e.h, "probe_agent_exec_path_total", map[string]string{"path": "exec"})
+	t.Logf("exec probes: %v on the runner, %v through containerd exec", runner, plain)
+	if (e.noRunner && (runner != 0 || plain == 0)) || (!e.noRunner && runner == 0) {
+		t.Errorf("exec paths: runner %v, exec %v (runner off: %v)", runner, plain, e.noRunner)
+	}
 }
 
 func newContainerdEnv(t *testing.T) *env {
@@ -135,15 +171,17 @@ func startAgent(t *testing.T, e *env, containers string, tweak ...func(*Options)
 	stateDir := ""
 	if e.kind == "containerd" {
 		stateDir = t.TempDir()
-		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(), Logger: log})
+		rt, err = containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(),
+			NoExecRunner: e.noRunner, Logger: log})
 	} else {
 		rt, err = process.New(svc, process.Options{ShutdownGrace: 2 * time.Second, Logger: log})
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	return runAgent(t, Options{Runtime: rt, Logger: log, Backoff: 200 * time.Millisecond,
+	e.h = runAgent(t, Options{Runtime: rt, Logger: log, Backoff: 200 * time.Millisecond,
 		BackoffMax: 2 * time.Second, GracePeriod: MinGracePeriod, Prober: prober.Options{Workers: 8}, StateDir: stateDir}, logs, tweak...)
+	return e.h
 }
 
 // runAgent runs an agent until the test ends.
