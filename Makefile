@@ -64,13 +64,15 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzEASFields$$' -fuzztime 200000x ./service
 	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 100000x ./gpu
 	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 50000x ./gpu
+	$(GO) test -run '^$$' -fuzz '^FuzzRunnerOutput$$' -fuzztime 100000x ./runtime/containerd
 
-## fuzz: longer fuzzing runs of the parsers (service.json, OCI specs' GPU requests, XID lists).
+## fuzz: longer fuzzing runs of the parsers (service.json, OCI specs' GPU requests, XID lists, the exec runner's output).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5m ./service
 	$(GO) test -run '^$$' -fuzz '^FuzzEASFields$$' -fuzztime 2m ./service
 	$(GO) test -run '^$$' -fuzz '^FuzzFromSpec$$' -fuzztime 2m ./gpu
 	$(GO) test -run '^$$' -fuzz '^FuzzParseXIDList$$' -fuzztime 1m ./gpu
+	$(GO) test -run '^$$' -fuzz '^FuzzRunnerOutput$$' -fuzztime 1m ./runtime/containerd
 
 ## bench: the full side-by-side benchmark; writes bench/results.json and docs/benchmarks.md.
 bench:
