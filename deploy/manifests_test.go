@@ -264,7 +264,7 @@ func TestDaemonSetMatchesTheAgent(t *testing.T) {
 	sc := c.SecurityContext
 	if !pod.HostPID || sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil ||
 		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
-		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"SYS_ADMIN", "SYS_PTRACE"}) ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"KILL", "SYS_ADMIN", "SYS_PTRACE"}) ||
 		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Errorf("hostPID %v, security context %+v", pod.HostPID, sc)
 	}
