@@ -67,6 +67,7 @@ func main() {
 	r.network("http")
 	r.hostExec()
 	r.containerExec()
+	r.nodeExec()
 	r.print()
 	if err := write(*out, r.rows); err != nil {
 		log.Fatal(err)
@@ -361,6 +362,45 @@ func (r *runner) containerExec() {
 	}
 	r.add("container exec", "ours", "bare containerd client", "cpu_per_exec", "µs", v["agent-cpu-µs/exec"], v["bare-cpu-µs/exec"], 1.05, false)
 	r.add("container exec", "ours", "bare containerd client", "latency", "µs", v["agent-µs/exec"], v["bare-µs/exec"], 0, false)
+}
+
+var nodeLine = regexp.MustCompile(`([0-9.]+) ((?:runner|exec)-(?:node-cpu-µs/probe|p50-µs|p99-µs|probes)|runner-(?:rss|anon)-KiB)`)
+
+// nodeExec runs the whole-node exec benchmark of the main module: exec probes through
+// the runner and through containerd exec, interleaved with idle baselines, node CPU
+// from /proc/stat.
+func (r *runner) nodeExec() {
+	rounds, window := "3x", "5s"
+	if r.quick {
+		rounds, window = "1x", "1s"
+	}
+	fmt.Fprintf(os.Stderr, "container exec, whole node\n")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "ExecNodeCPU", "-benchtime", rounds, "./runtime/containerd/",
+		"-args", "-exec-window", window)
+	cmd.Dir = ".."
+	outb, err := cmd.CombinedOutput()
+	v := map[string]float64{}
+	for _, m := range nodeLine.FindAllStringSubmatch(string(outb), -1) {
+		v[m[2]], _ = strconv.ParseFloat(m[1], 64)
+	}
+	if err != nil || v["runner-probes"] == 0 || v["exec-probes"] == 0 {
+		reason := "whole-node exec benchmark did not run"
+		if i := strings.Index(string(outb), "containerd tests need"); i >= 0 {
+			reason = strings.SplitN(string(outb[i:]), "\n", 2)[0]
+		}
+		fmt.Fprintf(os.Stderr, "container exec, whole node, skipped: %s\n%s", reason, outb)
+		r.skipped = append(r.skipped, "container exec, whole node: "+reason)
+		return
+	}
+	const sc = "container exec, whole node"
+	r.add(sc, "runner", "containerd exec", "node_cpu_per_probe", "µs", v["runner-node-cpu-µs/probe"], v["exec-node-cpu-µs/probe"], 0.1, false)
+	r.add(sc, "runner", "containerd exec", "latency_p99", "µs", v["runner-p99-µs"], v["exec-p99-µs"], 0.2, false)
+	r.add(sc, "runner", "containerd exec", "latency_p50", "µs", v["runner-p50-µs"], v["exec-p50-µs"], 0, false)
+	r.add(sc, "runner", "containerd exec", "probes_measured", "probes", v["runner-probes"], v["exec-probes"], 0, false)
+	if kb := v["runner-rss-KiB"]; kb > 0 {
+		r.add(sc, "runner", "", "resident_memory", "KiB", kb, 0, 0, false)
+		r.add(sc, "runner", "", "anonymous_memory", "KiB", v["runner-anon-KiB"], 0, 0, false)
+	}
 }
 
 func (r *runner) print() {

@@ -152,6 +152,13 @@ Rows whose baseline is "budget" compare with a fixed budget from the project's g
 - **Exec**: ` + "`/bin/true`" + ` through the agent's exec probe against raw ` + "`os/exec`" + `; inside a container,
   the agent's exec probe interleaved with a bare containerd client exec loop on the same
   container (this process's CPU per exec).
+- **Exec, whole node**: ` + "`/bin/true`" + ` probes into a busybox container, one at a time, through
+  the agent's exec runner (a shell it keeps in the container, forking each command) and
+  through containerd exec, in interleaved rounds with an idle window each: node CPU per
+  probe is the busy time of every CPU in /proc/stat over the window, less the idle
+  window's rate, divided by the probes run; it counts the agent, containerd, the shim,
+  runc and the command. Latency percentiles are per probe; the runner's resident memory
+  is read from its /proc status.
 
 ## The design in short
 
