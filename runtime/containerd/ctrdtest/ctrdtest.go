@@ -284,10 +284,17 @@ func (d *Daemon) killStrays() {
 			continue
 		}
 		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if strings.Contains(string(cmdline), d.Dir) {
+		if mentions(string(cmdline), d.Dir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// mentions says whether a NUL-separated command line names dir or a path under it.
+// Another daemon's directory may start with this one's name (/tmp/pa-ctrd-12 and
+// /tmp/pa-ctrd-123): its processes are not this daemon's.
+func mentions(cmdline, dir string) bool {
+	return strings.Contains(cmdline, dir+"/") || strings.Contains(cmdline, dir+"\x00") || strings.HasSuffix(cmdline, dir)
 }
 
 var (

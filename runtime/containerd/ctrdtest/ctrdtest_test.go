@@ -26,3 +26,20 @@ func TestDaemonsShareNoContainerState(t *testing.T) {
 		}
 	}
 }
+
+// A daemon's clean-up kills only its own strays: a daemon whose directory name starts
+// with this one's is another daemon.
+func TestStraysAreThisDaemonsOnly(t *testing.T) {
+	dir := "/tmp/pa-ctrd-12"
+	for cmdline, want := range map[string]bool{
+		"containerd-shim-runc-v2\x00-address\x00/tmp/pa-ctrd-12/containerd.sock\x00":  true,
+		"containerd\x00--root\x00/tmp/pa-ctrd-12\x00":                                 true,
+		"containerd\x00--root\x00/tmp/pa-ctrd-12":                                     true,
+		"containerd-shim-runc-v2\x00-address\x00/tmp/pa-ctrd-123/containerd.sock\x00": false,
+		"sleep\x00600\x00": false,
+	} {
+		if got := mentions(cmdline, dir); got != want {
+			t.Errorf("%q: %v, want %v", cmdline, got, want)
+		}
+	}
+}
