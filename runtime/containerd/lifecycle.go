@@ -40,7 +40,7 @@ func (r *Runtime) runnersFor(name string, e *entry) *runners {
 	}
 	s := r.runners[e.inst]
 	if s == nil {
-		s = &runners{note: func(reason string) { r.noteRunner(name, reason) }}
+		s = &runners{note: func(reason string) { r.noteRunner(name, reason) }, cleanup: &r.cleanup}
 		r.runners[e.inst] = s
 	}
 	return s

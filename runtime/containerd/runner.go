@@ -25,8 +25,8 @@ import (
 // containerd exec with the container's own process spec, that forks each exec probe's
 // command. A command it forks inherits everything runc set up for the shell (namespaces,
 // cgroup, user and groups, capabilities, no_new_privs, seccomp, AppArmor, rlimits,
-// environment, working directory), exactly as if it had been exec'd by containerd, at
-// a thirtieth of the cost: runc runs once per instance instead of once per probe.
+// environment, working directory), exactly as if containerd had exec'd it, for a small
+// fraction of the node's CPU: runc runs once per instance instead of once per probe.
 //
 // Protocol. A request on the runner's stdin is a line "<nonce> <argc>", then for each
 // argument a line with its number of lines and those lines, so that every argument
@@ -40,11 +40,11 @@ import (
 //
 // Output before "start" or after "exit" (a background child writing late) belongs to
 // no request and is dropped; the nonce is random per request, so a command cannot end
-// its own frame early. A command that cannot be executed (missing, not executable) makes
-// the shell's subshell print an error that starts with the shell's $0, runnerName,
-// and exit 127 or 126: the agent words it as runc would. A command is run with PROBE_AGENT_EXEC=<nonce> in its
-// environment, which is how the agent finds what it left behind. The script's first
-// line is a no-op that names it for whoever reads ps in the container.
+// its own frame early. A command that cannot be executed (missing, not executable)
+// makes the forked subshell print an error that starts with the shell's $0, runnerName,
+// and exit 127 or 126: the agent words that as runc would. Each command runs with
+// PROBE_AGENT_EXEC=<nonce> in its environment, which is how the agent finds what it
+// left behind. The script's first line is a no-op that names it in the container's ps.
 const runnerScript = `: probe-agent exec runner: forks exec probes
 printf '\037%s ready %s\n' "$1" "$$"
 while read -r n c; do
@@ -82,6 +82,8 @@ const (
 	runnerStart = 10 * time.Second
 	// runnerStderr bounds what is kept of the runner's own stderr (for the log).
 	runnerStderr = 512
+	// pidWait bounds the wait for a command's pid (it comes within a millisecond).
+	pidWait = time.Second
 )
 
 // errRunner means the runner could not serve a request: the probe goes through
@@ -105,16 +107,20 @@ type request struct {
 	nonce   string
 	out     io.Writer
 	started bool
-	head    []byte // the first bytes of the output, to tell the shell's own errors
-	pid     int    // in the container's namespace; 0 until reported
+	head    []byte        // the first bytes of the output, to tell the shell's own errors
+	pid     int           // in the container's namespace; 0 until reported
+	pidC    chan struct{} // closed when the pid is reported
 	code    int
 	err     error         // a protocol error
 	done    chan struct{} // closed on "exit" or a protocol error
 }
 
+func newRequest(nonce string, out io.Writer) *request {
+	return &request{nonce: nonce, out: out, done: make(chan struct{}), pidC: make(chan struct{})}
+}
+
 // runner is one shell started in a container instance.
 type runner struct {
-	proc    containerd.Process
 	stdin   io.WriteCloser
 	hostPID int // the shell's pid in the agent's (the host's) PID namespace
 	born    time.Time
@@ -228,8 +234,9 @@ func (r *runner) marker(line string) bool {
 	switch {
 	case word == "start" && arg == "":
 		c.started = true
-	case word == "pid" && err == nil && num > 0:
+	case word == "pid" && err == nil && num > 0 && c.pid == 0:
 		c.pid = num
+		close(c.pidC)
 	case word == "exit" && err == nil:
 		c.code = num
 		r.finish(nil)
@@ -282,7 +289,6 @@ func (t *target) startRunner(ctx context.Context) (*runner, error) {
 		w.Close()
 		return nil, t.wrap(err)
 	}
-	r.proc = proc
 	statusC, err := proc.Wait(nctx)
 	if err != nil {
 		w.Close()
@@ -309,9 +315,14 @@ func (t *target) startRunner(ctx context.Context) (*runner, error) {
 		_ = proc.CloseIO(cctx, containerd.WithStdinCloser)
 	}
 	go func() {
+		// Not counted in t.cleanup (it lives as long as the shell): it deletes the
+		// exec itself, and ends at the latest when the runtime's client closes.
 		<-statusC
 		r.ended()
-		t.deleteLater(proc)
+		dctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), deleteTimeout)
+		defer cancel()
+		proc.IO().Cancel()
+		_, _ = proc.Delete(dctx)
 	}()
 	if err := r.waitReady(); err != nil {
 		return nil, err
@@ -357,8 +368,12 @@ func (r *runner) stderrText() string {
 // close ends the shell: its stdin closes and it leaves its loop.
 func (r *runner) close() {
 	r.stdin.Close()
-	if r.closeIO != nil {
-		r.closeIO()
+	select {
+	case <-r.exited:
+	default:
+		if r.closeIO != nil {
+			r.closeIO()
+		}
 	}
 }
 
@@ -378,7 +393,7 @@ func (r *runner) kill() {
 // the runner is then dead or killed. leftovers, called after the command ended, kills
 // what it left behind.
 func (r *runner) run(ctx context.Context, argv []string, out io.Writer, leftovers func(nonce string)) (int, error) {
-	c := &request{nonce: nonce(), out: out, done: make(chan struct{})}
+	c := newRequest(nonce(), out)
 	r.mu.Lock()
 	if r.dead {
 		r.mu.Unlock()
@@ -389,6 +404,9 @@ func (r *runner) run(ctx context.Context, argv []string, out io.Writer, leftover
 	if _, err := r.stdin.Write(encodeRequest(c.nonce, argv)); err != nil {
 		r.abandon(c)
 		return -1, &runnerError{msg: "exec runner: writing a request: " + err.Error()}
+	}
+	if err := r.started(ctx, c); err != nil {
+		return -1, err
 	}
 	select {
 	case <-c.done:
@@ -422,17 +440,40 @@ func (r *runner) abandon(c *request) {
 	r.kill()
 }
 
+// started waits for the shell to report the command's pid, which it does within a
+// millisecond of the request. A shell that does not (stopped by a container process,
+// stuck) is killed, while half the probe's time is left for containerd exec.
+func (r *runner) started(ctx context.Context, c *request) error {
+	wait := pidWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-c.pidC:
+		return nil
+	case <-c.done:
+		return nil
+	case <-timer.C:
+		r.abandon(c)
+		return &runnerError{msg: "exec runner did not start a command within " + wait.String()}
+	case <-ctx.Done():
+		r.abandon(c)
+		return ctx.Err()
+	}
+}
+
 // timeout kills the command of a request that ran out of time, with everything it
-// started, and waits for the shell to report it; a shell that does not is killed.
+// started, and waits for the shell to report it; a shell that does not, or a command
+// the agent may not signal, costs the shell: it is killed.
 func (r *runner) timeout(c *request) {
 	r.mu.Lock()
 	pid := c.pid
 	r.mu.Unlock()
-	if pid > 0 {
-		if host, ok := childByNSpid(r.hostPID, pid); ok && !killTree(host) {
-			r.abandon(c) // not ours to signal: the shell goes, through containerd
-			return
-		}
+	if host, ok := childByNSpid(r.hostPID, pid); ok && !killTree(host) {
+		r.abandon(c)
+		return
 	}
 	timer := time.NewTimer(killWait)
 	defer timer.Stop()
@@ -477,7 +518,8 @@ const (
 // runners are the exec runners of one container instance. A probe takes an idle one,
 // or one it starts, or runs through containerd exec.
 type runners struct {
-	note func(reason string) // logs why probes go through containerd exec, once per reason
+	note    func(reason string) // logs why probes go through containerd exec, once per reason
+	cleanup *sync.WaitGroup     // counts asynchronous closing; nil: close synchronously
 
 	mu       sync.Mutex
 	idle     []*runner
@@ -558,7 +600,6 @@ func (s *runners) start(t *target, started chan struct{}) {
 	}
 	r, err := t.startRunner(context.Background())
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.starting, s.started = false, nil
 	switch {
 	case err != nil:
@@ -566,20 +607,22 @@ func (s *runners) start(t *target, started chan struct{}) {
 		s.failedLocked(err)
 	case s.closed:
 		s.live--
+		s.mu.Unlock()
 		r.close()
+		return
 	default:
 		s.idle = append(s.idle, r)
 	}
+	s.mu.Unlock()
 }
 
 // put gives a runner back after a request; a dead one is counted out, with back-off.
 // err is the request's error, which says why when the runner failed it.
 func (s *runners) put(r *runner, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	r.mu.Lock()
 	dead := r.dead
 	r.mu.Unlock()
+	s.mu.Lock()
 	switch {
 	case dead:
 		s.live--
@@ -592,10 +635,13 @@ func (s *runners) put(r *runner, err error) {
 		s.failedLocked(err)
 	case s.closed:
 		s.live--
+		s.mu.Unlock()
 		r.close()
+		return
 	default:
 		s.idle = append(s.idle, r)
 	}
+	s.mu.Unlock()
 }
 
 // failedLocked records why a runner could not serve: a permanent reason turns runners
@@ -623,16 +669,27 @@ func (s *runners) leftovers(nonce string) {
 	}
 }
 
-// close ends the idle runners now and the busy ones when their request ends.
+// close ends the idle runners now and the busy ones when their request ends. Ending a
+// runner is a call to containerd: it is made off the caller's goroutine when the
+// runners have a WaitGroup to count it in (the runtime's events must not wait on it).
 func (s *runners) close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
-	for _, r := range s.idle {
-		r.close()
-		s.live--
-	}
+	idle := s.idle
 	s.idle = nil
+	s.live -= len(idle)
+	s.mu.Unlock()
+	for _, r := range idle {
+		if s.cleanup == nil {
+			r.close()
+			continue
+		}
+		s.cleanup.Add(1)
+		go func() {
+			defer s.cleanup.Done()
+			r.close()
+		}()
+	}
 }
 
 // endStaleRunners ends the runners an earlier agent left in the instance: one killed

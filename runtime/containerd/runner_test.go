@@ -217,7 +217,7 @@ func FuzzRunnerOutput(f *testing.F) {
 	f.Fuzz(func(t *testing.T, output, before, after []byte, cuts []byte, code uint8) {
 		r := &runner{hello: nonce(), ready: make(chan struct{}), exited: make(chan struct{})}
 		var out outBuf
-		c := &request{nonce: nonce(), out: &out, done: make(chan struct{})}
+		c := newRequest(nonce(), &out)
 		r.cur = c
 		var stream []byte
 		stream = append(stream, before...)
@@ -254,4 +254,25 @@ func FuzzRunnerOutput(f *testing.F) {
 			t.Fatalf("output %q, want %q", out.String(), output)
 		}
 	})
+}
+
+// A runner that does not start the command (a container process stopped it) is given
+// up after half the probe's time, so that containerd exec still has the other half.
+func TestRunnerStuckIsGivenUp(t *testing.T) {
+	for name, sh := range shells(t) {
+		t.Run(name, func(t *testing.T) {
+			r := scriptRunner(t, sh)
+			if err := syscall.Kill(r.hostPID, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := r.run(ctx, []string{"true"}, &outBuf{}, noLeftovers)
+			if !errors.Is(err, errRunner) || time.Since(start) > 700*time.Millisecond {
+				t.Fatalf("err %v after %v; want the runner given up within half the timeout", err, time.Since(start))
+			}
+			<-r.exited
+		})
+	}
 }

@@ -20,15 +20,17 @@ func (r *Runtime) Run(ctx context.Context, events chan<- runtime.Event) error {
 	r.mu.Lock()
 	r.events = events
 	r.mu.Unlock()
-	defer r.cleanup.Wait()
 	defer func() {
+		// Ending runners and deleting execs are calls to containerd (each bounded by a
+		// timeout): they finish before the client closes.
+		r.endRunners("")
+		r.cleanup.Wait()
 		r.mu.Lock()
 		if r.client != nil {
 			r.client.Close()
 		}
 		r.mu.Unlock()
 	}()
-	defer r.endRunners("") // before the client closes: ending a runner is a call to containerd
 	delay := 100 * time.Millisecond
 	adopting := true
 	for ctx.Err() == nil {
