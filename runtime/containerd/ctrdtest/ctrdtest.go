@@ -6,6 +6,7 @@ package ctrdtest
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,17 +184,46 @@ func (d *Daemon) start() {
 // runc --root /run/containerd/runc/<namespace>, shared by every containerd on the
 // machine, so two daemons running a container of the same namespace and ID, or a test
 // run killed before its cleanup, would make runc refuse the next one ("container with
-// given ID already exists").
+// given ID already exists"). For the same reason it moves a new container's default
+// cgroup, /<namespace>/<id>, under one of this daemon's own: two tests' containers "c"
+// would share a cgroup, and one test's "kill every process of the container" would
+// kill the other's. (Kubernetes pods' cgroups, under kubepods, are the kubelet's.)
 const runcWrapper = `#!/bin/sh
 for a do
 	shift
-	case "$prev" in --root) a="%[1]s/$(basename "$a")" ;; esac
-	case "$a" in --root=*) a="--root=%[1]s/$(basename "${a#--root=}")" ;; esac
+	case "$prev" in --root) ns=$(basename "$a"); a="%[1]s/$ns" ;; --bundle|-b) bundle=$a ;; esac
+	case "$a" in --root=*) ns=$(basename "${a#--root=}"); a="--root=%[1]s/$ns" ;; --bundle=*) bundle=${a#--bundle=} ;; esac
 	set -- "$@" "$a"
 	prev=$a
 done
+if [ -n "$bundle" ] && [ -n "$ns" ] && [ -f "$bundle/config.json" ]; then
+	sed -i "s#\"cgroupsPath\":\"/$ns/#\"cgroupsPath\":\"/%[3]s/$ns/#" "$bundle/config.json"
+fi
 exec %[2]q "$@"
 `
+
+// cgroup is the cgroup under which the daemon's containers run (see runcWrapper).
+func (d *Daemon) cgroup() string { return filepath.Base(d.Dir) }
+
+// removeCgroups removes the daemon's cgroups, deepest first, in every hierarchy.
+func (d *Daemon) removeCgroups() {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + d.cgroup())
+	if st, err := os.Stat("/sys/fs/cgroup/" + d.cgroup()); err == nil && st.IsDir() {
+		roots = append(roots, "/sys/fs/cgroup/"+d.cgroup())
+	}
+	for _, root := range roots {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = os.Remove(dirs[i])
+		}
+	}
+}
 
 // privateRunc puts a runc first on the daemon's PATH (the shims it starts inherit it)
 // that keeps runc's state in the daemon's directory, removed with it.
@@ -207,7 +237,7 @@ func (d *Daemon) privateRunc() {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		d.t.Fatal(err)
 	}
-	script := fmt.Sprintf(runcWrapper, filepath.Join(d.Dir, "runc"), runc)
+	script := fmt.Sprintf(runcWrapper, filepath.Join(d.Dir, "runc"), runc, d.cgroup())
 	if err := os.WriteFile(filepath.Join(bin, "runc"), []byte(script), 0o755); err != nil {
 		d.t.Fatal(err)
 	}
@@ -270,6 +300,7 @@ func (d *Daemon) cleanup() {
 		<-d.done
 	}
 	d.killStrays()
+	d.removeCgroups()
 	_ = os.RemoveAll(d.Dir)
 }
 

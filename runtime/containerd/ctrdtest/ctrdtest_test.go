@@ -1,7 +1,11 @@
 package ctrdtest
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"syscall"
 	"testing"
 
 	"github.com/containerd/containerd"
@@ -19,11 +23,28 @@ func TestDaemonsShareNoContainerState(t *testing.T) {
 		d := Start(t)
 		tasks = append(tasks, RunContainer(t, d.Client(t), "default", "same-id", rootfs, nil, "sleep", "600"))
 	}
+	ctx := namespaces.WithNamespace(context.Background(), "default")
 	for i, task := range tasks {
-		st, err := task.Status(namespaces.WithNamespace(context.Background(), "default"))
+		st, err := task.Status(ctx)
 		if err != nil || st.Status != containerd.Running {
 			t.Errorf("daemon %d: %+v, %v; want running", i, st, err)
 		}
+	}
+	// Killing every process of one container (what a test's clean-up does) leaves the
+	// other daemon's container of the same ID running: they share no cgroup.
+	exited, err := tasks[0].Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tasks[0].Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	// runc signals every process of the cgroup before it returns, and the first one's
+	// exit has been reported since: a process killed with it is dead (a zombie) by now.
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tasks[1].Pid()))
+	if i := bytes.LastIndexByte(stat, ')'); err != nil || i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' {
+		t.Errorf("the other daemon's container was killed too: %q, %v", stat, err)
 	}
 }
 
