@@ -601,19 +601,13 @@ func (s *runners) start(t *target, started chan struct{}) {
 	r, err := t.startRunner(context.Background())
 	s.mu.Lock()
 	s.starting, s.started = false, nil
-	switch {
-	case err != nil:
+	if err != nil {
 		s.live--
 		s.failedLocked(err)
-	case s.closed:
-		s.live--
 		s.mu.Unlock()
-		r.close()
 		return
-	default:
-		s.idle = append(s.idle, r)
 	}
-	s.mu.Unlock()
+	s.keep(r)
 }
 
 // put gives a runner back after a request; a dead one is counted out, with back-off.
@@ -623,8 +617,7 @@ func (s *runners) put(r *runner, err error) {
 	dead := r.dead
 	r.mu.Unlock()
 	s.mu.Lock()
-	switch {
-	case dead:
+	if dead {
 		s.live--
 		if time.Since(r.born) >= runnerStableAfter {
 			s.backoff = 0
@@ -633,15 +626,23 @@ func (s *runners) put(r *runner, err error) {
 			err = &runnerError{msg: "exec runner exited: " + strings.TrimSpace(r.stderrText())}
 		}
 		s.failedLocked(err)
-	case s.closed:
-		s.live--
 		s.mu.Unlock()
-		r.close()
 		return
-	default:
-		s.idle = append(s.idle, r)
 	}
+	s.keep(r)
+}
+
+// keep makes a live runner idle, or ends it when the runners are closed; called with
+// s.mu held, which it releases.
+func (s *runners) keep(r *runner) {
+	if !s.closed {
+		s.idle = append(s.idle, r)
+		s.mu.Unlock()
+		return
+	}
+	s.live--
 	s.mu.Unlock()
+	r.close()
 }
 
 // failedLocked records why a runner could not serve: a permanent reason turns runners

@@ -62,6 +62,21 @@ func execTarget(t testing.TB, client *containerd.Client, ns, id string, task con
 	return tg
 }
 
+// runnerContainer starts a daemon and a busybox container id (rootfs built when ""),
+// and returns the container's task and a target with runners on.
+func runnerContainer(t *testing.T, id, rootfs string) (containerd.Task, *target, *pathCounts) {
+	t.Helper()
+	ctrdtest.Require(t)
+	d := ctrdtest.Start(t)
+	client := d.Client(t)
+	if rootfs == "" {
+		rootfs = ctrdtest.Rootfs(t)
+	}
+	task := ctrdtest.RunContainer(t, client, "default", id, rootfs, nil, "sleep", "600")
+	paths := &pathCounts{}
+	return task, execTarget(t, client, "default", id, task, true, paths), paths
+}
+
 // onRunner runs argv until it went through the runner (the first exec starts it).
 func onRunner(t testing.TB, tg *target, paths *pathCounts, argv ...string) (int, string) {
 	t.Helper()
@@ -188,13 +203,8 @@ func slicesContainsString(s []string, v string) bool {
 // of its own, a command that ignores SIGTERM (the last three past their timeout, and
 // again finishing with their children still running).
 func TestIntegrationRunnerSurvivesHostileCommands(t *testing.T) {
-	ctrdtest.Require(t)
-	d := ctrdtest.Start(t)
-	client := d.Client(t)
-	task := ctrdtest.RunContainer(t, client, "default", "hostile", ctrdtest.Rootfs(t), nil, "sleep", "600")
-	var paths pathCounts
-	tg := execTarget(t, client, "default", "hostile", task, true, &paths)
-	onRunner(t, tg, &paths, "true")
+	task, tg, paths := runnerContainer(t, "hostile", "")
+	onRunner(t, tg, paths, "true")
 	runners := idleRunnerPIDs(tg)
 	if len(runners) != 1 {
 		t.Fatalf("runners %v", runners)
@@ -241,7 +251,7 @@ func TestIntegrationRunnerSurvivesHostileCommands(t *testing.T) {
 	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 8<<20 {
 		t.Fatalf("heap grew by %d bytes", grew)
 	}
-	if code, out := onRunner(t, tg, &paths, "echo", "still here"); code != 0 || out != "still here\n" {
+	if code, out := onRunner(t, tg, paths, "echo", "still here"); code != 0 || out != "still here\n" {
 		t.Fatalf("after the hostile commands: %d %q", code, out)
 	}
 }
@@ -263,12 +273,7 @@ func (c *capped) Write(p []byte) (int, error) {
 // through containerd exec at once, the reason is logged once, and a new runner serves
 // after the back-off.
 func TestIntegrationRunnerRestartedAfterACrash(t *testing.T) {
-	ctrdtest.Require(t)
-	d := ctrdtest.Start(t)
-	client := d.Client(t)
-	task := ctrdtest.RunContainer(t, client, "default", "crash", ctrdtest.Rootfs(t), nil, "sleep", "600")
-	var paths pathCounts
-	tg := execTarget(t, client, "default", "crash", task, true, &paths)
+	_, tg, paths := runnerContainer(t, "crash", "")
 	var notes []string
 	var mu sync.Mutex
 	tg.runners.note = func(reason string) {
@@ -276,7 +281,7 @@ func TestIntegrationRunnerRestartedAfterACrash(t *testing.T) {
 		defer mu.Unlock()
 		notes = append(notes, reason)
 	}
-	onRunner(t, tg, &paths, "true")
+	onRunner(t, tg, paths, "true")
 	first := idleRunnerPIDs(tg)[0]
 	// From inside, as a container process would: the runner is the probe's parent.
 	if code, err := tg.Exec(t.Context(), []string{"sh", "-c", `[ "$PPID" = 0 ] || kill -9 $PPID; sleep 0.2; exit 3`}, &outBuf{}); err != nil || code != 3 {
@@ -290,7 +295,7 @@ func TestIntegrationRunnerRestartedAfterACrash(t *testing.T) {
 	if paths.exec.Load() != execsBefore+1 {
 		t.Fatal("the probe after the crash did not go through containerd exec (back-off)")
 	}
-	onRunner(t, tg, &paths, "true")
+	onRunner(t, tg, paths, "true")
 	if pids := idleRunnerPIDs(tg); len(pids) != 1 || pids[0] == first {
 		t.Fatalf("runners %v after the crash of %d", pids, first)
 	}
@@ -305,15 +310,11 @@ func TestIntegrationRunnerRestartedAfterACrash(t *testing.T) {
 // exec, with one note, and never tries to start a runner again.
 func TestIntegrationRunnerNoShellFallsBack(t *testing.T) {
 	ctrdtest.Require(t)
-	d := ctrdtest.Start(t)
-	client := d.Client(t)
 	rootfs := ctrdtest.Rootfs(t)
 	if err := os.Remove(rootfs + "/bin/sh"); err != nil {
 		t.Fatal(err)
 	}
-	task := ctrdtest.RunContainer(t, client, "default", "distroless", rootfs, nil, "sleep", "600")
-	var paths pathCounts
-	tg := execTarget(t, client, "default", "distroless", task, true, &paths)
+	_, tg, paths := runnerContainer(t, "distroless", rootfs)
 	var notes atomic.Int64
 	tg.runners.note = func(reason string) {
 		notes.Add(1)
@@ -411,16 +412,11 @@ func alive(pid int) bool {
 // An agent killed before it could end its runners leaves them waiting (the shim keeps
 // their stdin open); the next agent ends them before starting its own.
 func TestIntegrationRunnerOfAKilledAgentIsEnded(t *testing.T) {
-	ctrdtest.Require(t)
-	d := ctrdtest.Start(t)
-	client := d.Client(t)
-	task := ctrdtest.RunContainer(t, client, "default", "stale", ctrdtest.Rootfs(t), nil, "sleep", "600")
-	var paths pathCounts
-	killed := execTarget(t, client, "default", "stale", task, true, &paths)
-	onRunner(t, killed, &paths, "true")
+	task, killed, paths := runnerContainer(t, "stale", "")
+	onRunner(t, killed, paths, "true")
 	stale := idleRunnerPIDs(killed)[0]
-	next := execTarget(t, client, "default", "stale", task, true, &paths)
-	onRunner(t, next, &paths, "true")
+	next := execTarget(t, killed.client, "default", "stale", task, true, paths)
+	onRunner(t, next, paths, "true")
 	await.Until(t, 10*time.Second, "the earlier agent's runner ended", func() bool { return !alive(stale) })
 	if pids := idleRunnerPIDs(next); len(pids) != 1 || pids[0] == stale || !alive(pids[0]) {
 		t.Fatalf("runners %v, stale %d", pids, stale)
