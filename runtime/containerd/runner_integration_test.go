@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,22 +107,13 @@ func containerProcs(t *testing.T, task containerd.Task, runners ...int) []string
 	var out []string
 	for _, p := range ps {
 		pid := int(p.Pid)
-		if pid == int(task.Pid()) || (len(runners) > 0 && slicesContains(runners, pid)) {
+		if pid == int(task.Pid()) || slices.Contains(runners, pid) {
 			continue
 		}
 		cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		out = append(out, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmd), "\x00", " ")))
 	}
 	return out
-}
-
-func slicesContains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // idleRunnerPIDs returns the host pids of the target's idle runners.
@@ -136,66 +128,72 @@ func idleRunnerPIDs(tg *target) []int {
 }
 
 // A command forked by the runner runs exactly as one exec'd by containerd: the same
-// user and groups, capabilities, no_new_privs, seccomp mode and cgroup, read from
-// inside, on a container with a non-root user, dropped capabilities, no_new_privs and
-// containerd's default seccomp profile.
+// user and groups, capabilities, no_new_privs, seccomp mode, rlimits and cgroup, read
+// from inside, on two locked-down containers, both with no_new_privs and containerd's
+// default seccomp profile: a non-root user with extra groups, and root with all but two
+// capabilities dropped (so that the effective set is not empty).
 func TestIntegrationRunnerKeepsTheIsolationOfAnExec(t *testing.T) {
 	ctrdtest.Require(t)
 	d := ctrdtest.Start(t)
 	client := d.Client(t)
+	rootfs := ctrdtest.Rootfs(t)
 	withGroups := func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		s.Process.User.AdditionalGids = []uint32{1001, 1002}
 		return nil
 	}
-	task := ctrdtest.RunContainerSpec(t, client, "default", "locked", nil,
-		oci.WithRootFSPath(ctrdtest.Rootfs(t)), oci.WithDefaultPathEnv, oci.WithProcessArgs("sleep", "600"),
-		oci.WithUIDGID(1000, 1000), withGroups, oci.WithCapabilities([]string{"CAP_NET_BIND_SERVICE", "CAP_KILL"}),
-		oci.WithNoNewPrivileges, seccomp.WithDefaultProfile(), oci.WithEnv([]string{"PROBE_TEST=1"}))
-	var paths pathCounts
-	plain := execTarget(t, client, "default", "locked", task, false, &paths)
-	withRunner := execTarget(t, client, "default", "locked", task, true, &paths)
+	for _, c := range []struct {
+		id        string
+		user      oci.SpecOpts
+		uid, caps string
+	}{
+		{"nonroot", oci.Compose(oci.WithUIDGID(1000, 1000), withGroups), "1000", "0000000000000000"},
+		{"root", oci.WithUIDGID(0, 0), "0", "0000000000000420"},
+	} {
+		task := ctrdtest.RunContainerSpec(t, client, "default", c.id, nil,
+			oci.WithRootFSPath(rootfs), oci.WithDefaultPathEnv, oci.WithProcessArgs("sleep", "600"), c.user,
+			oci.WithCapabilities([]string{"CAP_NET_BIND_SERVICE", "CAP_KILL"}), oci.WithNoNewPrivileges,
+			seccomp.WithDefaultProfile(), oci.WithEnv([]string{"PROBE_TEST=1"}))
+		var paths pathCounts
+		plain := execTarget(t, client, "default", c.id, task, false, &paths)
+		withRunner := execTarget(t, client, "default", c.id, task, true, &paths)
 
-	argv := []string{"sh", "-c", "cat /proc/self/status /proc/self/cgroup; echo PROBE_TEST=$PROBE_TEST; id; pwd; ulimit -n"}
-	var want outBuf
-	if code, err := plain.Exec(t.Context(), argv, &want); err != nil || code != 0 {
-		t.Fatalf("containerd exec: %d %v %s", code, err, want.String())
-	}
-	code, got := onRunner(t, withRunner, &paths, argv...)
-	if code != 0 {
-		t.Fatalf("runner: exit %d: %s", code, got)
-	}
-	pick := func(s string) map[string]string {
-		m := map[string]string{}
-		for _, line := range strings.Split(s, "\n") {
-			k, v, ok := strings.Cut(line, ":")
-			switch {
-			case ok && slicesContainsString([]string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"}, k):
-				m[k] = strings.TrimSpace(v)
-			case strings.HasPrefix(line, "0::") || strings.Contains(line, ":memory:") || strings.Contains(line, ":pids:") || strings.Contains(line, ":cpu"):
-				m["cgroup "+k] = line
-			case strings.HasPrefix(line, "PROBE_TEST=") || strings.HasPrefix(line, "uid=") || strings.HasPrefix(line, "/"):
-				m[line] = line
-			}
+		argv := []string{"sh", "-c", "cat /proc/self/status /proc/self/cgroup /proc/self/limits; echo PROBE_TEST=$PROBE_TEST; id; pwd"}
+		var want outBuf
+		if code, err := plain.Exec(t.Context(), argv, &want); err != nil || code != 0 {
+			t.Fatalf("%s: containerd exec: %d %v %s", c.id, code, err, want.String())
 		}
-		return m
-	}
-	w, g := pick(want.String()), pick(got)
-	t.Logf("containerd exec: %v", w)
-	if w["Uid"] == "" || !strings.HasPrefix(w["Uid"], "1000") || w["NoNewPrivs"] != "1" || w["Seccomp"] != "2" || !strings.Contains(w["Groups"], "1001") {
-		t.Fatalf("the container is not locked down as the test means: %v", w)
-	}
-	if fmt.Sprint(w) != fmt.Sprint(g) {
-		t.Fatalf("runner child differs from a containerd exec:\nexec   %v\nrunner %v", w, g)
+		code, got := onRunner(t, withRunner, &paths, argv...)
+		if code != 0 {
+			t.Fatalf("%s: runner: exit %d: %s", c.id, code, got)
+		}
+		w, g := isolation(want.String()), isolation(got)
+		t.Logf("%s, containerd exec: %v", c.id, w)
+		if !strings.HasPrefix(w["Uid"], c.uid+"\t") || w["CapEff"] != c.caps || w["NoNewPrivs"] != "1" || w["Seccomp"] != "2" ||
+			(c.uid != "0" && !strings.Contains(w["Groups"], "1001")) {
+			t.Fatalf("%s: the container is not locked down as the test means: %v", c.id, w)
+		}
+		if fmt.Sprint(w) != fmt.Sprint(g) {
+			t.Fatalf("%s: runner child differs from a containerd exec:\nexec   %v\nrunner %v", c.id, w, g)
+		}
 	}
 }
 
-func slicesContainsString(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
+// isolation picks what defines a process's isolation from its /proc status, cgroup and
+// limits, its environment variable and its id and working directory.
+func isolation(out string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		switch {
+		case ok && slices.Contains([]string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"}, k):
+			m[k] = strings.TrimSpace(v)
+		case strings.Contains(line, ":/"): // a cgroup line
+			m["cgroup "+k] = line
+		case strings.HasPrefix(line, "Max ") || strings.HasPrefix(line, "PROBE_TEST=") || strings.HasPrefix(line, "uid=") || strings.HasPrefix(line, "/"):
+			m[line] = line
 		}
 	}
-	return false
+	return m
 }
 
 // Hostile commands leave the runner serving, leave nothing behind in the container and
