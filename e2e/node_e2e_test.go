@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	goruntime "runtime"
 	"strconv"
 	"strings"
@@ -118,6 +120,22 @@ func TestNode(t *testing.T) {
 		gated.setReady(t, true)
 		cp.awaitPod(t, gated, 10*time.Second, "Ready again", ready)
 		cp.awaitEndpoint(t, gated, true)
+	})
+
+	t.Run("exec probes of the kubelet's containers run on the exec runner", func(t *testing.T) {
+		// The gated pod's readiness is an exec check at 0.5 s: by now it ran many times,
+		// on a runner started in the kubelet's container through CRI's containerd, by an
+		// agent in its DaemonSet's pod (hostPID, dropped capabilities).
+		runner := regexp.MustCompile(`(?m)^probe_agent_exec_path_total\{path="runner"\} (\d+)`)
+		await.Until(t, 30*time.Second, "exec probes on the runner", func() bool {
+			_, body := agentGet("/metrics")
+			m := runner.FindSubmatch(body)
+			return m != nil && string(m[1]) != "0"
+		}, func() string {
+			_, body := agentGet("/metrics")
+			lines := regexp.MustCompile(`(?m)^probe_agent_exec_path_total.*$`).FindAll(body, -1)
+			return string(bytes.Join(lines, []byte("\n"))) + "\nagent:\n" + n.podLog(agent)
+		})
 	})
 
 	t.Run("a liveness failure: the agent stops the container, the kubelet restarts it", func(t *testing.T) {
