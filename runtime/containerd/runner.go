@@ -444,10 +444,7 @@ func (r *runner) abandon(c *request) {
 // millisecond of the request. A shell that does not (stopped by a container process,
 // stuck) is killed, while half the probe's time is left for containerd exec.
 func (r *runner) started(ctx context.Context, c *request) error {
-	wait := pidWait
-	if dl, ok := ctx.Deadline(); ok {
-		wait = min(wait, time.Until(dl)/2)
-	}
+	wait := halfLeft(ctx, pidWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
@@ -485,6 +482,15 @@ func (r *runner) timeout(c *request) {
 	case <-timer.C:
 	}
 	r.abandon(c)
+}
+
+// halfLeft is half the time ctx has left, at most limit: what the runner may take
+// while containerd exec would still have the other half.
+func halfLeft(ctx context.Context, limit time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return min(limit, time.Until(dl)/2)
+	}
+	return limit
 }
 
 // resetOutput empties the probe's output buffer when it can be emptied.
@@ -556,11 +562,7 @@ func (s *runners) get(ctx context.Context, t *target) *runner {
 	if started == nil {
 		return nil
 	}
-	wait := startWait
-	if dl, ok := ctx.Deadline(); ok {
-		wait = min(wait, time.Until(dl)/2)
-	}
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(halfLeft(ctx, startWait))
 	defer timer.Stop()
 	select {
 	case <-started:
