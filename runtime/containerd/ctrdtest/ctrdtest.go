@@ -225,6 +225,30 @@ func (d *Daemon) removeCgroups() {
 	}
 }
 
+// unmount detaches what is still mounted under the daemon's directory (the CRI
+// plugin's sandbox /dev/shm mounts, which a stopped daemon leaves), deepest first, so
+// that the directory can be removed.
+func (d *Daemon) unmount() {
+	info, _ := os.ReadFile("/proc/self/mountinfo")
+	points := mountsUnder(string(info), d.Dir)
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
+}
+
+// mountsUnder returns the mount points under dir listed in a mountinfo text, in its
+// order (parents before children).
+func mountsUnder(mountinfo, dir string) []string {
+	var out []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
 // privateRunc puts a runc first on the daemon's PATH (the shims it starts inherit it)
 // that keeps runc's state in the daemon's directory, removed with it.
 func (d *Daemon) privateRunc() {
@@ -301,6 +325,7 @@ func (d *Daemon) cleanup() {
 	}
 	d.killStrays()
 	d.removeCgroups()
+	d.unmount()
 	_ = os.RemoveAll(d.Dir)
 }
 

@@ -64,3 +64,17 @@ func TestStraysAreThisDaemonsOnly(t *testing.T) {
 		}
 	}
 }
+
+// A daemon's clean-up unmounts what its CRI plugin left mounted under its directory,
+// and only that.
+func TestMountsUnderTheDaemonsDirectory(t *testing.T) {
+	info := `36 25 0:32 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+812 30 0:95 / /tmp/pa-ctrd-12/state/io.containerd.grpc.v1.cri/sandboxes/8aa5/shm rw - tmpfs shm rw,size=65536k
+813 30 0:96 / /tmp/pa-ctrd-123/state/io.containerd.grpc.v1.cri/sandboxes/7f35/shm rw - tmpfs shm rw,size=65536k
+814 30 0:97 / /tmp/pa-ctrd-12 rw - tmpfs tmpfs rw`
+	got := mountsUnder(info, "/tmp/pa-ctrd-12")
+	want := []string{"/tmp/pa-ctrd-12/state/io.containerd.grpc.v1.cri/sandboxes/8aa5/shm"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("%q, want %q", got, want)
+	}
+}
