@@ -42,7 +42,8 @@ func containerdAgent(t *testing.T, e *env, containers, stateDir string, tweak ..
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
-	rt, err := containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(), Logger: log})
+	rt, err := containerd.New(containerd.Options{Address: e.daemon.Address, Service: svc, StateDir: stateDir, RuntimeDir: t.TempDir(),
+		NoExecRunner: e.noRunner, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,31 +354,40 @@ func TestIntegrationContainerdGPUMappingFromSpec(t *testing.T) {
 }
 
 // An exec check whose command is missing or not executable fails like a shell would
-// (127, 126) with runc's message as its output, whether containerd exec ran it (the
-// first probe) or the exec runner did (the next ones); it is a failure of the check,
-// not an error of the probe.
+// (127, 126) with runc's message as its output, on the exec runner and through
+// containerd exec alike; it is a failure of the check, not an error of the probe.
 func TestIntegrationContainerdExecMissingCommand(t *testing.T) {
 	t.Parallel()
-	e := containerdEnv(t)
-	client := e.daemon.Client(t)
-	ctrdtest.RunContainer(t, client, "default", "missing", e.rootfs,
-		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/no/such/binary"]},"period_seconds":0.2}}`}, "sleep", "600")
-	ctrdtest.RunContainer(t, client, "default", "notexec", e.rootfs,
-		map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/"]},"period_seconds":0.2}}`}, "sleep", "600")
-	h := containerdAgent(t, e, "", t.TempDir())
-	for name, want := range map[string]string{"missing": "no such file or directory", "notexec": "permission denied"} {
-		s := h.waitFor(name, 10*time.Second, "failed readiness probes", func(s ContainerStatus) bool {
-			return s.Probes["readiness"] != nil && len(s.Probes["readiness"].History) >= 4
-		})
-		for _, p := range s.Probes["readiness"].History {
-			if !strings.Contains(p.Output, want) || !strings.Contains(p.Output, "exit code 12") || p.Result != "failure" {
-				t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
+	outputs := map[bool]map[string]string{}
+	for _, noRunner := range []bool{false, true} {
+		outputs[noRunner] = map[string]string{}
+		t.Run(map[bool]string{false: "runner", true: "containerd-exec"}[noRunner], func(t *testing.T) {
+			e := containerdEnv(t)
+			e.noRunner = noRunner
+			client := e.daemon.Client(t)
+			ctrdtest.RunContainer(t, client, "default", "missing", e.rootfs,
+				map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/no/such/binary"]},"period_seconds":0.2}}`}, "sleep", "600")
+			ctrdtest.RunContainer(t, client, "default", "notexec", e.rootfs,
+				map[string]string{containerd.LabelChecks: `{"readiness_check":{"exec":{"command":["/"]},"period_seconds":0.2}}`}, "sleep", "600")
+			e.h = containerdAgent(t, e, "", t.TempDir())
+			for name, want := range map[string]string{"missing": "no such file or directory", "notexec": "permission denied"} {
+				s := e.h.waitFor(name, 10*time.Second, "failed readiness probes", func(s ContainerStatus) bool {
+					return s.Probes["readiness"] != nil && len(s.Probes["readiness"].History) >= 3
+				})
+				for _, p := range s.Probes["readiness"].History {
+					if !strings.Contains(p.Output, want) || !strings.Contains(p.Output, "exit code 12") || p.Result != "failure" {
+						t.Errorf("%s: %+v, want a failure saying %q", name, p, want)
+					}
+				}
+				outputs[noRunner][name] = s.Probes["readiness"].LastOutput
 			}
-		}
-		t.Logf("%s: %s", name, s.Probes["readiness"].LastOutput)
+			checkExecPaths(t, e)
+		})
 	}
-	e.h = h
-	checkExecPaths(t, e)
+	t.Logf("%q", outputs[false])
+	if fmt.Sprint(outputs[false]) != fmt.Sprint(outputs[true]) {
+		t.Errorf("outputs differ between the paths:\nrunner:          %q\ncontainerd exec: %q", outputs[false], outputs[true])
+	}
 }
 
 // netnsChildEnv, when set, makes TestIntegrationContainerdProbesInTheContainersNamespace

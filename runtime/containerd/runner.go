@@ -500,16 +500,17 @@ func resetOutput(out io.Writer) {
 	}
 }
 
-// execFailure words a command that could not be executed as runc does, so that the
-// output is the same whichever path ran the probe.
+// execFailure words a command that could not be executed as runc does through
+// containerd, so that the output is the same whichever path ran the probe.
 func execFailure(cmd string, code int) string {
+	why := "executable file not found in $PATH"
 	switch {
 	case code == 126:
-		return fmt.Sprintf("exec failed: unable to start container process: exec: %q: permission denied", cmd)
+		why = "permission denied"
 	case strings.Contains(cmd, "/"):
-		return fmt.Sprintf("exec failed: unable to start container process: exec: %q: stat %s: no such file or directory", cmd, cmd)
+		why = "stat " + cmd + ": no such file or directory"
 	}
-	return fmt.Sprintf("exec failed: unable to start container process: exec: %q: executable file not found in $PATH", cmd)
+	return fmt.Sprintf("OCI runtime exec failed: exec failed: unable to start container process: exec: %q: %s: unknown", cmd, why)
 }
 
 // Runners per container instance, and the back-off after one dies.
