@@ -97,10 +97,8 @@ type runnerError struct {
 	permanent bool
 }
 
-func (e *runnerError) Error() string { return e.msg }
-func (e *runnerError) Is(target error) bool {
-	return target == errRunner
-}
+func (e *runnerError) Error() string        { return e.msg }
+func (e *runnerError) Is(target error) bool { return target == errRunner }
 
 // request is one command in flight on a runner.
 type request struct {
@@ -533,12 +531,12 @@ type runners struct {
 	live     int           // started or starting
 	starting bool          // one start at a time
 	started  chan struct{} // closed when the start in progress ends
-	off      string
-	retryAt  time.Time
-	backoff  time.Duration
-	closed   bool
-	reaper   int  // host pid of the container's init, where it has a PID namespace of its own
-	swept    bool // the runners of an earlier agent were looked for
+	off      string        // why runners are off for the instance, for good; "" while they are not
+	retryAt  time.Time     // no new runner before this, after one failed
+	backoff  time.Duration // the wait after the last failure
+	closed   bool          // the instance ended or the agent stops
+	reaper   int           // host pid of the container's init, where it has a PID namespace of its own
+	swept    bool          // the runners of an earlier agent were looked for
 }
 
 // get returns an idle runner, or nil: the probe then goes through containerd exec.
