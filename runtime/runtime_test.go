@@ -1,6 +1,10 @@
 package runtime
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -80,5 +84,27 @@ func TestBackoffInitialAboveMax(t *testing.T) {
 	b.Next(t0)
 	if w := b.Next(t0.Add(time.Second)); w != 30*time.Second {
 		t.Fatalf("wait %v, want capped at max", w)
+	}
+}
+
+// A process's environment is read as it started with it: set, unset, and gone.
+func TestProcEnv(t *testing.T) {
+	t.Setenv("PROBE_AGENT_TEST_ENV", "a=b")
+	cmd := exec.Command("sleep", "30")
+	cmd.Env = append(os.Environ(), "PROBE_AGENT_TEST_CHILD=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	if v, found, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV"); err != nil || !found || v != "a=b" {
+		t.Errorf("set: %q %v %v", v, found, err)
+	}
+	if _, found, err := ProcEnv(pid, "PROBE_AGENT_TEST"); err != nil || found {
+		t.Errorf("a prefix of a name: %v %v", found, err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if _, _, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("gone: %v", err)
 	}
 }

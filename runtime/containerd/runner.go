@@ -667,7 +667,7 @@ func (s *runners) leftovers(nonce string) {
 	reaper := s.reaper
 	s.mu.Unlock()
 	if reaper > 0 {
-		killLeftovers(reaper, []byte("PROBE_AGENT_EXEC="+nonce))
+		killLeftovers(reaper, nonce)
 	}
 }
 

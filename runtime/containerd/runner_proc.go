@@ -1,13 +1,15 @@
 package containerd
 
 import (
-	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/probe-agent/probe-agent/runtime"
 )
 
 // What the runner needs from /proc: the processes of a container as the host sees
@@ -98,32 +100,35 @@ func killTree(pid int) bool {
 }
 
 // killLeftovers kills the children of reaper (the container's init, to which the
-// orphans of a finished command are given) that carry the request's marker in their
-// environment, with their descendants. A child whose environment cannot be read yet
-// (it is in the middle of an execve, as the last children of a loop of "cmd &" may be)
-// is looked at again, a few times, a few milliseconds apart.
-func killLeftovers(reaper int, marker []byte) {
+// orphans of a finished command are given) whose environment has PROBE_AGENT_EXEC set
+// to the request's nonce, with their descendants. A child whose environment cannot be
+// read yet (it is in the middle of an execve, as the last children of a loop of
+// "cmd &" may be) is looked at again, a few times, a few milliseconds apart.
+func killLeftovers(reaper int, nonce string) {
 	// Orphans go to the thread group leader: one file, however many threads init has.
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
 	if err != nil {
 		return
 	}
-	pending := strings.Fields(string(b))
+	var pending []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pending = append(pending, pid)
+		}
+	}
 	for try := 0; len(pending) > 0 && try < leftoverTries; try++ {
 		if try > 0 {
 			time.Sleep(leftoverRetry)
 		}
-		var again []string
-		for _, f := range pending {
-			env, err := os.ReadFile("/proc/" + f + "/environ")
+		var again []int
+		for _, pid := range pending {
+			v, found, err := runtime.ProcEnv(pid, execMarkerEnv)
 			switch {
-			case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH):
-			case err != nil || len(env) == 0:
-				again = append(again, f)
-			case hasEntry(env, marker):
-				if pid, err := strconv.Atoi(f); err == nil {
-					killTree(pid)
-				}
+			case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+			case err != nil:
+				again = append(again, pid)
+			case found && v == nonce:
+				killTree(pid)
 			}
 		}
 		pending = again
@@ -131,15 +136,8 @@ func killLeftovers(reaper int, marker []byte) {
 }
 
 const (
+	// execMarkerEnv is set by the runner in each command's environment to its nonce.
+	execMarkerEnv = "PROBE_AGENT_EXEC"
 	leftoverTries = 20
 	leftoverRetry = 5 * time.Millisecond
 )
-
-func hasEntry(env, kv []byte) bool {
-	for _, e := range bytes.Split(env, []byte{0}) {
-		if bytes.Equal(e, kv) {
-			return true
-		}
-	}
-	return false
-}

@@ -2,7 +2,6 @@ package process
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/probe-agent/probe-agent/runtime"
 )
 
 // Every container and every exec probe of the process runtime runs in a group of its
@@ -313,16 +314,8 @@ func killMarked(match func(string) bool) error {
 
 // marker reads a process's group marker from its environment; zombies have none.
 func marker(pid int) (string, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	if err != nil {
-		return "", false
-	}
-	for _, kv := range bytes.Split(b, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte(markerEnv+"=")); ok {
-			return string(v), true
-		}
-	}
-	return "", false
+	v, found, err := runtime.ProcEnv(pid, markerEnv)
+	return v, found && err == nil
 }
 
 // cgroup2Mount finds the cgroup v2 hierarchy and the agent's place in it.
