@@ -71,6 +71,7 @@ func (r *Runtime) reconcile(ctx context.Context, client *containerd.Client, adop
 func (r *Runtime) remove(name string, e *entry) []runtime.Event {
 	delete(r.entries, name)
 	delete(r.ids, e.ns+"/"+e.id)
+	delete(r.runnerNotes, name)
 	var evs []runtime.Event
 	if e.running {
 		evs = append(evs, runtime.Event{Type: runtime.Exited, Name: name, Instance: e.inst, Time: time.Now(), ExitCode: -1})

@@ -276,3 +276,22 @@ func TestRunnerStuckIsGivenUp(t *testing.T) {
 		})
 	}
 }
+
+// What the runtime remembers of a container's runner notes goes with the container, so
+// that a node's churn of pods does not grow it.
+func TestRunnerNotesGoWithTheContainer(t *testing.T) {
+	r, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &entry{ns: "k8s.io", id: "abc"}
+	r.entries["ns/pod/app"] = e
+	r.noteRunner("ns/pod/app", "no shell in the container")
+	r.mu.Lock()
+	r.remove("ns/pod/app", e)
+	left := len(r.runnerNotes)
+	r.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d notes left after the container went", left)
+	}
+}
