@@ -204,15 +204,7 @@ func BenchmarkExecNodeCPU(b *testing.B) {
 
 // statusKiB reads a size in kB from a process's /proc status.
 func statusKiB(pid int, field string) (int, bool) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return n, err == nil
-		}
-	}
-	return 0, false
+	v, ok := statusField(pid, field)
+	n, err := strconv.Atoi(strings.TrimSuffix(v, " kB"))
+	return n, ok && err == nil
 }

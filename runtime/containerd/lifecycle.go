@@ -58,15 +58,21 @@ func (r *Runtime) noteRunner(name, reason string) {
 	}
 }
 
-// endRunners closes the runners of instances that ended (all of them when inst is "").
+// endRunners closes the runners of an instance that ended, or all of them when inst
+// is "".
 func (r *Runtime) endRunners(inst string) {
 	r.mu.Lock()
 	var end []*runners
-	for k, s := range r.runners {
-		if inst == "" || k == inst {
+	if inst != "" {
+		if s := r.runners[inst]; s != nil {
 			end = append(end, s)
-			delete(r.runners, k)
 		}
+		delete(r.runners, inst)
+	} else {
+		for _, s := range r.runners {
+			end = append(end, s)
+		}
+		clear(r.runners)
 	}
 	r.mu.Unlock()
 	for _, s := range end {

@@ -16,23 +16,29 @@ import (
 // them (the agent runs in the host's PID namespace), to kill a command that timed out
 // with everything it started, and what a finished command left behind.
 
-// lastNSpid returns a process's pid in the innermost PID namespace it belongs to.
-func lastNSpid(pid int) (int, bool) {
+// statusField returns a field of a process's /proc status ("NSpid", "VmRSS").
+func statusField(pid int, name string) (string, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return 0, false
+		return "", false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(v)
-			if len(f) == 0 {
-				return 0, false
-			}
-			n, err := strconv.Atoi(f[len(f)-1])
-			return n, err == nil
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v), true
 		}
 	}
-	return 0, false
+	return "", false
+}
+
+// lastNSpid returns a process's pid in the innermost PID namespace it belongs to.
+func lastNSpid(pid int) (int, bool) {
+	v, _ := statusField(pid, "NSpid")
+	f := strings.Fields(v)
+	if len(f) == 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(f[len(f)-1])
+	return n, err == nil
 }
 
 // children lists the children of every thread of pid.
