@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -334,65 +333,65 @@ func (r *runner) hostExec() {
 	r.add("host exec", "ours", "raw", "execs_per_second", "execs/s", rate["ours"], rate["raw"], 0.9, true)
 }
 
-var benchLine = regexp.MustCompile(`([0-9.]+) (agent-cpu-µs/exec|bare-cpu-µs/exec|agent-µs/exec|bare-µs/exec)`)
+// mainBench runs a Go benchmark of the main module's runtime/containerd package and
+// returns the metrics of its result line by unit ("agent-cpu-µs/exec": 2830). When it
+// did not run (no containerd here) or a metric in need is missing, the scenario is
+// recorded as skipped with the reason.
+func (r *runner) mainBench(scenario, name, benchtime string, need []string, args ...string) (map[string]float64, bool) {
+	fmt.Fprintf(os.Stderr, "%s\n", scenario)
+	argv := append([]string{"test", "-run", "^$", "-bench", name, "-benchtime", benchtime, "./runtime/containerd/"}, args...)
+	cmd := exec.Command("go", argv...)
+	cmd.Dir = ".."
+	outb, err := cmd.CombinedOutput()
+	v := map[string]float64{}
+	for _, line := range strings.Split(string(outb), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "Benchmark"+name) {
+			continue
+		}
+		for i := 2; i+1 < len(f); i += 2 { // value-unit pairs after the iterations
+			v[f[i+1]], _ = strconv.ParseFloat(f[i], 64)
+		}
+	}
+	missing := err != nil
+	for _, m := range need {
+		missing = missing || v[m] == 0
+	}
+	if !missing {
+		return v, true
+	}
+	reason := name + " did not run"
+	if i := strings.Index(string(outb), "containerd tests need"); i >= 0 {
+		reason = strings.SplitN(string(outb[i:]), "\n", 2)[0]
+	}
+	fmt.Fprintf(os.Stderr, "%s skipped: %s\n%s", scenario, reason, outb)
+	r.skipped = append(r.skipped, scenario+": "+reason)
+	return nil, false
+}
 
 // containerExec runs the containerd exec benchmark of the main module: the agent's exec
 // probe interleaved with a bare containerd client exec loop on the same container.
 func (r *runner) containerExec() {
-	n := "100x"
-	if r.quick {
-		n = "10x"
-	}
-	fmt.Fprintf(os.Stderr, "container exec\n")
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "ExecAgainstBareClient", "-benchtime", n, "./runtime/containerd/")
-	cmd.Dir = ".."
-	outb, err := cmd.CombinedOutput()
-	v := map[string]float64{}
-	for _, m := range benchLine.FindAllStringSubmatch(string(outb), -1) {
-		v[m[2]], _ = strconv.ParseFloat(m[1], 64)
-	}
-	if err != nil || len(v) < 4 {
-		reason := "containerd exec benchmark did not run"
-		if i := strings.Index(string(outb), "containerd tests need"); i >= 0 {
-			reason = strings.SplitN(string(outb[i:]), "\n", 2)[0]
-		}
-		fmt.Fprintf(os.Stderr, "container exec skipped: %s\n", reason)
-		r.skipped = append(r.skipped, "container exec: "+reason)
+	const sc = "container exec"
+	v, ok := r.mainBench(sc, "ExecAgainstBareClient", r.pick("10x", "100x"),
+		[]string{"agent-cpu-µs/exec", "bare-cpu-µs/exec", "agent-µs/exec", "bare-µs/exec"})
+	if !ok {
 		return
 	}
-	r.add("container exec", "ours", "bare containerd client", "cpu_per_exec", "µs", v["agent-cpu-µs/exec"], v["bare-cpu-µs/exec"], 1.05, false)
-	r.add("container exec", "ours", "bare containerd client", "latency", "µs", v["agent-µs/exec"], v["bare-µs/exec"], 0, false)
+	r.add(sc, "ours", "bare containerd client", "cpu_per_exec", "µs", v["agent-cpu-µs/exec"], v["bare-cpu-µs/exec"], 1.05, false)
+	r.add(sc, "ours", "bare containerd client", "latency", "µs", v["agent-µs/exec"], v["bare-µs/exec"], 0, false)
 }
-
-var nodeLine = regexp.MustCompile(`([0-9.]+) ((?:runner|exec)-(?:node-cpu-µs/probe|p50-µs|p99-µs|probes)|runner-(?:rss|anon)-KiB)`)
 
 // nodeExec runs the whole-node exec benchmark of the main module: exec probes through
 // the runner and through containerd exec, interleaved with idle baselines, node CPU
 // from /proc/stat.
 func (r *runner) nodeExec() {
-	rounds, window := "3x", "5s"
-	if r.quick {
-		rounds, window = "1x", "1s"
-	}
-	fmt.Fprintf(os.Stderr, "container exec, whole node\n")
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "ExecNodeCPU", "-benchtime", rounds, "./runtime/containerd/",
-		"-args", "-exec-window", window)
-	cmd.Dir = ".."
-	outb, err := cmd.CombinedOutput()
-	v := map[string]float64{}
-	for _, m := range nodeLine.FindAllStringSubmatch(string(outb), -1) {
-		v[m[2]], _ = strconv.ParseFloat(m[1], 64)
-	}
-	if err != nil || v["runner-probes"] == 0 || v["exec-probes"] == 0 {
-		reason := "whole-node exec benchmark did not run"
-		if i := strings.Index(string(outb), "containerd tests need"); i >= 0 {
-			reason = strings.SplitN(string(outb[i:]), "\n", 2)[0]
-		}
-		fmt.Fprintf(os.Stderr, "container exec, whole node, skipped: %s\n%s", reason, outb)
-		r.skipped = append(r.skipped, "container exec, whole node: "+reason)
+	const sc = "container exec, whole node"
+	v, ok := r.mainBench(sc, "ExecNodeCPU", r.pick("1x", "3x"), []string{"runner-probes", "exec-probes"},
+		"-args", "-exec-window", r.pick("1s", "5s"))
+	if !ok {
 		return
 	}
-	const sc = "container exec, whole node"
 	r.add(sc, "runner", "containerd exec", "node_cpu_per_probe", "µs", v["runner-node-cpu-µs/probe"], v["exec-node-cpu-µs/probe"], 0.1, false)
 	r.add(sc, "runner", "containerd exec", "latency_p99", "µs", v["runner-p99-µs"], v["exec-p99-µs"], 0.2, false)
 	r.add(sc, "runner", "containerd exec", "latency_p50", "µs", v["runner-p50-µs"], v["exec-p50-µs"], 0, false)
@@ -401,6 +400,14 @@ func (r *runner) nodeExec() {
 		r.add(sc, "runner", "", "resident_memory", "KiB", kb, 0, 0, false)
 		r.add(sc, "runner", "", "anonymous_memory", "KiB", v["runner-anon-KiB"], 0, 0, false)
 	}
+}
+
+// pick chooses the quick or the full value of a setting.
+func (r *runner) pick(quick, full string) string {
+	if r.quick {
+		return quick
+	}
+	return full
 }
 
 func (r *runner) print() {
