@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -54,6 +55,11 @@ func shells(t *testing.T) map[string][]string {
 	}
 	if p, err := exec.LookPath("bash"); err == nil {
 		out["bash"] = []string{p, "--posix"}
+	}
+	// Debian's /bin/sh and the images' busybox are what runners meet most: with CI set
+	// a missing one fails, as a missing containerd does.
+	if os.Getenv("CI") != "" && (out["dash"] == nil || out["busybox"] == nil) {
+		t.Fatalf("the runner tests need dash and busybox (apt-get install dash busybox-static); found %v", out)
 	}
 	if len(out) == 0 {
 		t.Skip("no shell")
