@@ -526,17 +526,16 @@ type runners struct {
 	note    func(reason string) // logs why probes go through containerd exec, once per reason
 	cleanup *sync.WaitGroup     // counts asynchronous closing; nil: close synchronously
 
-	mu       sync.Mutex
-	idle     []*runner
-	live     int           // started or starting
-	starting bool          // one start at a time
-	started  chan struct{} // closed when the start in progress ends
-	off      string        // why runners are off for the instance, for good; "" while they are not
-	retryAt  time.Time     // no new runner before this, after one failed
-	backoff  time.Duration // the wait after the last failure
-	closed   bool          // the instance ended or the agent stops
-	reaper   int           // host pid of the container's init, where it has a PID namespace of its own
-	swept    bool          // the runners of an earlier agent were looked for
+	mu      sync.Mutex
+	idle    []*runner
+	live    int           // started or starting
+	started chan struct{} // the start in progress (one at a time), closed when it ends; nil when none
+	off     string        // why runners are off for the instance, for good; "" while they are not
+	retryAt time.Time     // no new runner before this, after one failed
+	backoff time.Duration // the wait after the last failure
+	closed  bool          // the instance ended or the agent stops
+	reaper  int           // host pid of the container's init, where it has a PID namespace of its own
+	swept   bool          // the runners of an earlier agent were looked for
 }
 
 // get returns an idle runner, or nil: the probe then goes through containerd exec.
@@ -549,8 +548,7 @@ func (s *runners) get(ctx context.Context, t *target) *runner {
 		s.mu.Unlock()
 		return r
 	}
-	if !s.starting && s.live < maxRunners && !time.Now().Before(s.retryAt) {
-		s.starting = true
+	if s.started == nil && s.live < maxRunners && !time.Now().Before(s.retryAt) {
 		s.live++
 		s.started = make(chan struct{})
 		t.cleanup.Add(1)
@@ -601,7 +599,7 @@ func (s *runners) start(t *target, started chan struct{}) {
 	}
 	r, err := t.startRunner(context.Background())
 	s.mu.Lock()
-	s.starting, s.started = false, nil
+	s.started = nil
 	if err != nil {
 		s.live--
 		s.failedLocked(err)
