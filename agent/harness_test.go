@@ -93,12 +93,20 @@ func runtimes(t *testing.T, f func(t *testing.T, e *env)) {
 		t.Parallel()
 		f(t, &env{kind: "process", dir: t.TempDir(), bin: sampleServer, port: testsock.FreePort(t), grpcPort: testsock.FreePort(t)})
 	})
-	t.Run("containerd", func(t *testing.T) {
+	onContainerd(t, "containerd", false, f)
+}
+
+// onContainerd runs a case on a private containerd, with the exec runner off when
+// noRunner; at most len(containerdSlots) at once.
+func onContainerd(t *testing.T, name string, noRunner bool, f func(t *testing.T, e *env)) {
+	t.Run(name, func(t *testing.T) {
 		t.Parallel()
 		ctrdtest.Require(t)
 		containerdSlots <- struct{}{}
 		t.Cleanup(func() { <-containerdSlots })
-		f(t, newContainerdEnv(t))
+		e := newContainerdEnv(t)
+		e.noRunner = noRunner
+		f(t, e)
 	})
 }
 
@@ -109,13 +117,7 @@ func execRuntimes(t *testing.T, f func(t *testing.T, e *env)) {
 		f(t, e)
 		checkExecPaths(t, e)
 	})
-	t.Run("containerd-exec", func(t *testing.T) {
-		t.Parallel()
-		ctrdtest.Require(t)
-		containerdSlots <- struct{}{}
-		t.Cleanup(func() { <-containerdSlots })
-		e := newContainerdEnv(t)
-		e.noRunner = true
+	onContainerd(t, "containerd-exec", true, func(t *testing.T, e *env) {
 		f(t, e)
 		checkExecPaths(t, e)
 	})
