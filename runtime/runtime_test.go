@@ -5,9 +5,11 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/probe-agent/probe-agent/internal/await"
 	"github.com/probe-agent/probe-agent/service"
 )
 
@@ -87,7 +89,8 @@ func TestBackoffInitialAboveMax(t *testing.T) {
 	}
 }
 
-// A process's environment is read as it started with it: set, unset, and gone.
+// A process's environment is read as it started with it: set, unset, a zombie's, and
+// gone.
 func TestProcEnv(t *testing.T) {
 	t.Setenv("PROBE_AGENT_TEST_ENV", "a=b")
 	cmd := exec.Command("sleep", "30")
@@ -96,6 +99,12 @@ func TestProcEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := cmd.Process.Pid
+	// Start returns once the close-on-exec pipe closes, which is before execve has set
+	// up the new environment: until then it reads empty, as the runtime's callers expect.
+	await.Until(t, 5*time.Second, "the child's execve to finish", func() bool {
+		_, _, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV")
+		return !errors.Is(err, ErrNoEnviron)
+	})
 	if v, found, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV"); err != nil || !found || v != "a=b" {
 		t.Errorf("set: %q %v %v", v, found, err)
 	}
@@ -103,6 +112,10 @@ func TestProcEnv(t *testing.T) {
 		t.Errorf("a prefix of a name: %v %v", found, err)
 	}
 	_ = cmd.Process.Kill()
+	await.Until(t, 5*time.Second, "the killed child to read as a zombie", func() bool {
+		_, _, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV")
+		return errors.Is(err, syscall.ESRCH)
+	})
 	_ = cmd.Wait()
 	if _, _, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("gone: %v", err)
