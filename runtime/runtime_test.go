@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -119,5 +120,24 @@ func TestProcEnv(t *testing.T) {
 	_ = cmd.Wait()
 	if _, _, err := ProcEnv(pid, "PROBE_AGENT_TEST_ENV"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("gone: %v", err)
+	}
+}
+
+// A pid list reads as the kernel writes one (children: "12 34 "; cgroup.procs: one a
+// line); one that cannot be read is empty.
+func TestPids(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for text, want := range map[string][]int{"12 34 ": {12, 34}, "5\n6\n": {5, 6}, "": nil} {
+		p := dir + "/pids"
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := Pids(p); !slices.Equal(got, want) {
+			t.Errorf("%q: %v, want %v", text, got, want)
+		}
+	}
+	if got := Pids(dir + "/missing"); got != nil {
+		t.Errorf("a missing file: %v", got)
 	}
 }

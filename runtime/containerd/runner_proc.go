@@ -50,15 +50,7 @@ func children(pid int) []int {
 	}
 	var out []int
 	for _, task := range tasks {
-		b, err := os.ReadFile(dir + task.Name() + "/children")
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
+		out = append(out, runtime.Pids(dir+task.Name()+"/children")...)
 	}
 	return out
 }
@@ -112,16 +104,7 @@ func killTree(pid int) bool {
 // "cmd &" may be) is looked at again, a few times, a few milliseconds apart.
 func killLeftovers(reaper int, nonce string) {
 	// Orphans go to the thread group leader: one file, however many threads init has.
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
-	if err != nil {
-		return
-	}
-	var pending []int
-	for _, f := range strings.Fields(string(b)) {
-		if pid, err := strconv.Atoi(f); err == nil {
-			pending = append(pending, pid)
-		}
-	}
+	pending := runtime.Pids("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
 	for try := 0; len(pending) > 0 && try < leftoverTries; try++ {
 		if try > 0 {
 			time.Sleep(leftoverRetry)

@@ -274,16 +274,7 @@ func removeWhenEmpty(dir string) error {
 	return nil
 }
 
-func pids(dir string) []int {
-	b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+func pids(dir string) []int { return runtime.Pids(filepath.Join(dir, "cgroup.procs")) }
 
 // killMarked kills every process whose marker value matches, until none is left (a
 // process may fork while the sweep runs).

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 )
+
+// What runtimes read of other processes from /proc (and cgroupfs).
 
 // ErrNoEnviron means a process's environment reads empty: it is exiting, or in the
 // middle of an execve (read it again a moment later).
@@ -29,4 +32,17 @@ func ProcEnv(pid int, name string) (value string, found bool, err error) {
 		}
 	}
 	return "", false, nil
+}
+
+// Pids reads a list of pids separated by white space, as /proc/<pid>/task/<tid>/children
+// and cgroup.procs hold; a file that cannot be read is an empty list.
+func Pids(path string) []int {
+	b, _ := os.ReadFile(path)
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
