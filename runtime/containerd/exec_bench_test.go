@@ -57,7 +57,7 @@ func BenchmarkExecAgainstBareClient(b *testing.B) {
 		var out bytes.Buffer
 		ps := *spec.Process
 		ps.Args, ps.Terminal = []string{"true"}, false
-		p, err := task.Exec(ctx, execID(), &ps, cio.NewCreator(cio.WithStreams(nil, &out, &out), cio.WithFIFODir(tg.fifoDir)))
+		p, err := task.Exec(ctx, execID("probe-"), &ps, cio.NewCreator(cio.WithStreams(nil, &out, &out), cio.WithFIFODir(tg.fifoDir)))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -281,7 +281,7 @@ func (t *target) startRunner(ctx context.Context) (*runner, error) {
 	ps.Args, ps.Terminal = []string{runnerShell, "-c", runnerScript, runnerName, r.hello}, false
 	stdin, w := io.Pipe()
 	r.stdin = w
-	proc, err := task.Exec(nctx, runnerExecPrefix+strconv.FormatUint(execSeq.Add(1), 10)+"-"+nonce()[:8], &ps,
+	proc, err := task.Exec(nctx, execID(runnerExecPrefix), &ps,
 		cio.NewCreator(cio.WithStreams(stdin, r, stderrWriter{r}), cio.WithFIFODir(t.fifoDir)))
 	if err != nil {
 		w.Close()
@@ -303,12 +303,12 @@ func (t *target) startRunner(ctx context.Context) (*runner, error) {
 	}
 	r.hostPID = int(proc.Pid())
 	r.killExec = func() {
-		kctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), killWait)
+		kctx, cancel := t.callCtx(killWait)
 		defer cancel()
 		_ = proc.Kill(kctx, syscall.SIGKILL)
 	}
 	r.closeIO = func() {
-		cctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), killWait)
+		cctx, cancel := t.callCtx(killWait)
 		defer cancel()
 		_ = proc.CloseIO(cctx, containerd.WithStdinCloser)
 	}
@@ -317,10 +317,7 @@ func (t *target) startRunner(ctx context.Context) (*runner, error) {
 		// exec itself, and ends at the latest when the runtime's client closes.
 		<-statusC
 		r.ended()
-		dctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), deleteTimeout)
-		defer cancel()
-		proc.IO().Cancel()
-		_, _ = proc.Delete(dctx)
+		t.delete(proc)
 	}()
 	if err := r.waitReady(); err != nil {
 		return nil, err
@@ -695,7 +692,7 @@ func (s *runners) close() {
 // endStaleRunners ends the runners an earlier agent left in the instance: one killed
 // before it could close them leaves them waiting on a stdin the shim keeps open.
 func (t *target) endStaleRunners() {
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), killWait)
+	ctx, cancel := t.callCtx(killWait)
 	defer cancel()
 	task, err := t.loadTask(ctx)
 	if err != nil {

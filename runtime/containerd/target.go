@@ -2,8 +2,6 @@ package containerd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -96,10 +94,10 @@ func (t *target) DialContext(ctx context.Context, network, addr string) (net.Con
 	return conn, nil
 }
 
-func execID() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return "probe-" + strconv.FormatUint(execSeq.Add(1), 10) + "-" + hex.EncodeToString(b[:])
+// execID names a new exec: prefix, a sequence number and a random part (exec IDs are
+// per task, and another agent may exec in the same task).
+func execID(prefix string) string {
+	return prefix + strconv.FormatUint(execSeq.Add(1), 10) + "-" + nonce()[:8]
 }
 
 // Exec runs argv inside the container with the container's own process spec (env,
@@ -141,7 +139,7 @@ func (t *target) containerdExec(ctx context.Context, argv []string, out io.Write
 	}
 	ps := *t.process
 	ps.Args, ps.Terminal = argv, false
-	proc, err := task.Exec(nctx, execID(), &ps, cio.NewCreator(cio.WithStreams(nil, out, out), cio.WithFIFODir(t.fifoDir)))
+	proc, err := task.Exec(nctx, execID("probe-"), &ps, cio.NewCreator(cio.WithStreams(nil, out, out), cio.WithFIFODir(t.fifoDir)))
 	if err != nil {
 		return -1, t.wrap(err)
 	}
@@ -166,7 +164,7 @@ func (t *target) containerdExec(ctx context.Context, argv []string, out io.Write
 		}
 		return int(code), nil
 	case <-ctx.Done():
-		kctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), killWait)
+		kctx, cancel := t.callCtx(killWait)
 		defer cancel()
 		_ = proc.Kill(kctx, syscall.SIGKILL)
 		select {
@@ -237,11 +235,22 @@ func (t *target) deleteLater(p containerd.Process) {
 	t.cleanup.Add(1)
 	go func() {
 		defer t.cleanup.Done()
-		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), deleteTimeout)
-		defer cancel()
-		p.IO().Cancel()
-		_, _ = p.Delete(ctx, containerd.WithProcessKill)
+		t.delete(p, containerd.WithProcessKill)
 	}()
+}
+
+// delete removes an exec process and abandons what is left of its output.
+func (t *target) delete(p containerd.Process, opts ...containerd.ProcessDeleteOpts) {
+	ctx, cancel := t.callCtx(deleteTimeout)
+	defer cancel()
+	p.IO().Cancel()
+	_, _ = p.Delete(ctx, opts...)
+}
+
+// callCtx bounds a call to containerd that must be made whatever became of the probe's
+// context (a kill, a delete): in the target's namespace, within d.
+func (t *target) callCtx(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(namespaces.WithNamespace(context.Background(), t.ns), d)
 }
 
 // wrap marks errors that mean the container or its task is gone, or containerd is
