@@ -163,9 +163,9 @@ func BenchmarkExecNodeCPU(b *testing.B) {
 		t0, c0 := time.Now(), nodeBusy(b)
 		for time.Since(t0) < *execWindow {
 			s := time.Now()
-			var out capped
+			var out outBuf
 			if code, err := tg.Exec(context.Background(), []string{"true"}, &out); err != nil || code != 0 {
-				b.Fatalf("%s: %d %v %s", name, code, err, out.b)
+				b.Fatalf("%s: %d %v %s", name, code, err, out.String())
 			}
 			r.lat = append(r.lat, time.Since(s))
 			r.n++

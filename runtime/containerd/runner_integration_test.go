@@ -21,6 +21,8 @@ import (
 	"github.com/containerd/containerd/oci"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testproc"
+	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
 )
@@ -224,7 +226,7 @@ func TestIntegrationRunnerSurvivesHostileCommands(t *testing.T) {
 		{"ignores SIGTERM", "trap '' TERM; sleep 600 & wait; wait", time.Second, -1},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), c.timeout)
-		var out capped
+		out := outBuf{limit: prober.MaxOutput}
 		before := paths.runner.Load()
 		code, err := tg.Exec(ctx, []string{"sh", "-c", c.script}, &out)
 		cancel()
@@ -252,19 +254,6 @@ func TestIntegrationRunnerSurvivesHostileCommands(t *testing.T) {
 	if code, out := onRunner(t, tg, paths, "echo", "still here"); code != 0 || out != "still here\n" {
 		t.Fatalf("after the hostile commands: %d %q", code, out)
 	}
-}
-
-// capped keeps the first 10 KiB, as the prober's buffer does.
-type capped struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.b = append(c.b, p[:min(len(p), max(10<<10-len(c.b), 0))]...)
-	return len(p), nil
 }
 
 // A runner that dies (a container process killed it) costs no probe: the next one goes
@@ -386,7 +375,7 @@ func TestIntegrationRunnerLifecycleInTheRuntime(t *testing.T) {
 	if err := web.Kill(nctx, 9); err != nil {
 		t.Fatal(err)
 	}
-	await.Until(t, 10*time.Second, "web's runner gone with its instance", func() bool { return !alive(webRunner) })
+	await.Until(t, 10*time.Second, "web's runner gone with its instance", func() bool { return !testproc.Alive(webRunner) })
 	await.Until(t, 10*time.Second, "web's runners closed", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -394,17 +383,7 @@ func TestIntegrationRunnerLifecycleInTheRuntime(t *testing.T) {
 	})
 	cancel()
 	<-done
-	await.Until(t, 10*time.Second, "api's runner gone with the agent", func() bool { return !alive(apiRunner) })
-}
-
-// alive says whether a process exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+	await.Until(t, 10*time.Second, "api's runner gone with the agent", func() bool { return !testproc.Alive(apiRunner) })
 }
 
 // An agent killed before it could end its runners leaves them waiting (the shim keeps
@@ -415,8 +394,8 @@ func TestIntegrationRunnerOfAKilledAgentIsEnded(t *testing.T) {
 	stale := idleRunnerPIDs(killed)[0]
 	next := execTarget(t, killed.client, "default", "stale", task, true, paths)
 	onRunner(t, next, paths, "true")
-	await.Until(t, 10*time.Second, "the earlier agent's runner ended", func() bool { return !alive(stale) })
-	if pids := idleRunnerPIDs(next); len(pids) != 1 || pids[0] == stale || !alive(pids[0]) {
+	await.Until(t, 10*time.Second, "the earlier agent's runner ended", func() bool { return !testproc.Alive(stale) })
+	if pids := idleRunnerPIDs(next); len(pids) != 1 || pids[0] == stale || !testproc.Alive(pids[0]) {
 		t.Fatalf("runners %v, stale %d", pids, stale)
 	}
 }

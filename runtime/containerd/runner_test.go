@@ -17,15 +17,21 @@ import (
 	"github.com/probe-agent/probe-agent/internal/await"
 )
 
-// outBuf is a probe's output buffer, as the prober gives one.
+// outBuf is a probe's output buffer, as the prober gives one: safe for concurrent
+// writers, emptied by Reset, and keeping the first limit bytes when limit is set.
 type outBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu    sync.Mutex
+	b     bytes.Buffer
+	limit int
 }
 
 func (o *outBuf) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.limit > 0 {
+		o.b.Write(p[:min(len(p), max(o.limit-o.b.Len(), 0))])
+		return len(p), nil
+	}
 	return o.b.Write(p)
 }
 
