@@ -532,7 +532,7 @@ type runners struct {
 	backoff time.Duration // the wait after the last failure
 	closed  bool          // the instance ended or the agent stops
 	reaper  int           // host pid of the container's init, where it has a PID namespace of its own
-	swept   bool          // the runners of an earlier agent were looked for
+	first   sync.Once     // at the first start: find the reaper, end an earlier agent's runners
 }
 
 // get returns an idle runner, or nil: the probe then goes through containerd exec.
@@ -582,18 +582,14 @@ func (s *runners) idleLocked() *runner {
 func (s *runners) start(t *target, started chan struct{}) {
 	defer t.cleanup.Done()
 	defer close(started)
-	s.mu.Lock()
-	first := !s.swept
-	s.swept = true
-	s.mu.Unlock()
-	if first {
+	s.first.Do(func() {
 		if ns, ok := lastNSpid(t.pid); ok && ns == 1 {
 			s.mu.Lock()
 			s.reaper = t.pid
 			s.mu.Unlock()
 		}
 		t.endStaleRunners()
-	}
+	})
 	r, err := t.startRunner(context.Background())
 	s.mu.Lock()
 	s.started = nil

@@ -74,7 +74,7 @@ func killTree(pid int) bool {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); errors.Is(err, syscall.EPERM) {
 		return false
 	}
-	seen := map[int]bool{}
+	seen := map[int]bool{pid: true}
 	for pass := 0; pass < 4; pass++ {
 		found := false
 		queue := []int{pid}
