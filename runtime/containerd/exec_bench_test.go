@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/namespaces"
 
+	"github.com/probe-agent/probe-agent/internal/testproc"
 	"github.com/probe-agent/probe-agent/prober"
 	"github.com/probe-agent/probe-agent/runtime/containerd/ctrdtest"
 	"github.com/probe-agent/probe-agent/service"
@@ -207,4 +208,29 @@ func statusKiB(pid int, field string) (int, bool) {
 	v, ok := statusField(pid, field)
 	n, err := strconv.Atoi(strings.TrimSuffix(v, " kB"))
 	return n, ok && err == nil
+}
+
+// BenchmarkLeftoverSweep measures the sweep after each runner probe where the
+// container's init has 64 children that were there before the probe (a supervisor and
+// its workers): the sweep as run, which reads only the environments of children that
+// are new since the request, against reading every child's (the baseline), and against
+// an init with no children.
+func BenchmarkLeftoverSweep(b *testing.B) {
+	perSweep := func(sweep func()) float64 {
+		t0 := time.Now()
+		for range b.N {
+			sweep()
+		}
+		return float64(time.Since(t0).Nanoseconds()) / float64(b.N) / 1e3
+	}
+	empty, _ := reaperShell(b)
+	busy, spawn := reaperShell(b)
+	spawn(64, "PROBE_TEST=1", testproc.UniqueSleep())
+	emptyCost := perSweep(func() { (&runners{reaper: empty}).sweeper()("none") })
+	sweep := perSweep(func() { (&runners{reaper: busy}).sweeper()("none") })
+	every := perSweep(func() { killLeftovers(busy, "none", nil) })
+	b.ReportMetric(emptyCost, "no-children-µs/sweep")
+	b.ReportMetric(sweep, "µs/sweep")
+	b.ReportMetric(every, "every-child-µs/sweep")
+	b.ReportMetric(sweep/every, "ratio")
 }

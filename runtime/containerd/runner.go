@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -652,14 +653,21 @@ func (s *runners) failedLocked(err error) {
 	}
 }
 
-// leftovers kills what a finished command left behind, where orphans can be found.
-func (s *runners) leftovers(nonce string) {
+// sweeper returns what kills the leftovers of a command about to be sent, where
+// orphans can be found: after the command, the processes that joined the reaper's
+// children since now and carry the command's nonce. Those that were there before are
+// not the command's, so their environments are not read: a container's init with many
+// children would otherwise cost every probe a read of each.
+func (s *runners) sweeper() func(nonce string) {
 	s.mu.Lock()
 	reaper := s.reaper
 	s.mu.Unlock()
-	if reaper > 0 {
-		killLeftovers(reaper, nonce)
+	if reaper == 0 {
+		return func(string) {}
 	}
+	before := orphans(reaper)
+	slices.Sort(before)
+	return func(nonce string) { killLeftovers(reaper, nonce, before) }
 }
 
 // close ends the idle runners now and the busy ones when their request ends. Ending a

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,14 +98,23 @@ func killTree(pid int) bool {
 	return true
 }
 
-// killLeftovers kills the children of reaper (the container's init, to which the
-// orphans of a finished command are given) whose environment has PROBE_AGENT_EXEC set
-// to the request's nonce, with their descendants. A child whose environment cannot be
-// read yet (it is in the middle of an execve, as the last children of a loop of
-// "cmd &" may be) is looked at again, a few times, a few milliseconds apart.
-func killLeftovers(reaper int, nonce string) {
-	// Orphans go to the thread group leader: one file, however many threads init has.
-	pending := runtime.Pids("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
+// orphans lists the children of reaper (the container's init), to which the orphans of
+// a finished command are given: those of the thread group leader, one file however
+// many threads init has.
+func orphans(reaper int) []int {
+	return runtime.Pids("/proc/" + strconv.Itoa(reaper) + "/task/" + strconv.Itoa(reaper) + "/children")
+}
+
+// killLeftovers kills the children of reaper that are not in before (sorted) and whose
+// environment has PROBE_AGENT_EXEC set to the request's nonce, with their descendants.
+// A child whose environment cannot be read yet (it is in the middle of an execve, as
+// the last children of a loop of "cmd &" may be) is looked at again, a few times, a
+// few milliseconds apart.
+func killLeftovers(reaper int, nonce string, before []int) {
+	pending := slices.DeleteFunc(orphans(reaper), func(pid int) bool {
+		_, was := slices.BinarySearch(before, pid)
+		return was
+	})
 	for try := 0; len(pending) > 0 && try < leftoverTries; try++ {
 		if try > 0 {
 			time.Sleep(leftoverRetry)

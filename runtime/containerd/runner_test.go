@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/probe-agent/probe-agent/internal/await"
+	"github.com/probe-agent/probe-agent/internal/testproc"
 )
 
 // outBuf is a probe's output buffer, as the prober gives one: safe for concurrent
@@ -305,5 +306,50 @@ func TestRunnerNotesGoWithTheContainer(t *testing.T) {
 	r.mu.Unlock()
 	if left != 0 {
 		t.Fatalf("%d notes left after the container went", left)
+	}
+}
+
+// reaperShell starts a shell that stands for a container's init: it starts sleeps with
+// the given environment, one batch per line it reads, and reaps them.
+func reaperShell(t testing.TB) (pid int, spawn func(n int, env, arg string)) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", `while read -r n env arg; do i=0; while [ "$i" -lt "$n" ]; do env "$env" sleep "$arg" & i=$((i+1)); done; done; wait`)
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, c := range orphans(cmd.Process.Pid) {
+			_ = syscall.Kill(c, syscall.SIGKILL)
+		}
+		w.Close()
+		_ = cmd.Wait()
+	})
+	total := 0
+	return cmd.Process.Pid, func(n int, env, arg string) {
+		total += n
+		fmt.Fprintf(w, "%d %s %s\n", n, env, arg)
+		await.Until(t, 10*time.Second, "the sleeps running", func() bool {
+			return len(testproc.Find("sleep", arg)) == n && len(orphans(cmd.Process.Pid)) == total
+		})
+	}
+}
+
+// Only what joined the reaper's children after the request was sent is swept: a child
+// that was there before is not the command's, even if it carried the nonce, and its
+// environment is never read.
+func TestLeftoversAreOnlyNewOrphans(t *testing.T) {
+	pid, spawn := reaperShell(t)
+	old, fresh := testproc.UniqueSleep(), testproc.UniqueSleep()
+	spawn(1, execMarkerEnv+"=n1", old)
+	sweep := (&runners{reaper: pid}).sweeper()
+	spawn(2, execMarkerEnv+"=n1", fresh)
+	sweep("n1")
+	await.Until(t, 5*time.Second, "the new orphans killed", func() bool { return len(testproc.Find("sleep", fresh)) == 0 })
+	if left := testproc.Find("sleep", old); len(left) != 1 {
+		t.Fatalf("the child that was there before: %v, want it left running", left)
 	}
 }

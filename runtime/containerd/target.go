@@ -107,7 +107,7 @@ func execID(prefix string) string {
 func (t *target) Exec(ctx context.Context, argv []string, out io.Writer) (int, error) {
 	if t.runners != nil {
 		if r := t.runners.get(ctx, t); r != nil {
-			code, err := r.run(ctx, argv, out, t.runners.leftovers)
+			code, err := r.run(ctx, argv, out, t.runners.sweeper())
 			t.runners.put(r, err)
 			if !errors.Is(err, errRunner) {
 				t.count("runner")
